@@ -1,0 +1,459 @@
+"""The composed TAPIR model: feature grids -> query features -> initialisation -> multi-resolution refinement.
+
+Inputs and outputs follow `tapir.conventions`. Stages (all Haiku methods of one module, so they share weights):
+  get_feature_grids      backbone features of every frame at every resolution level;
+  get_query_features     each query's features, sampled from its own frame;
+  estimate_trajectories  per chunk of queries: cost-volume initialisation, then `num_pips_iter` refinement
+                         iterations per resolution level; returns every intermediate estimate.
+`__call__` chains them and averages the last iteration of every level into `tracks`, `occlusion` and
+`expected_dist`; all earlier estimates are returned as the `unrefined_*` lists.
+
+Resolution levels: the initial estimate is computed at `initial_resolution`; refinement runs once per entry of
+`refinement_resolutions` (default: from the initial resolution up to the video's, doubling per level). Tracks are
+kept in pixels of the initial resolution internally and scaled to the video's pixels for output.
+"""
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tapir import conventions
+from tapir.models import cost_volume as cost_volume_lib
+from tapir.models import extra_convs as extra_convs_lib
+from tapir.models import refinement
+from tapir.models import resnet
+
+Resolution = tuple[int, int]  # (height, width)
+
+
+class FeatureGrids(NamedTuple):
+  """Per resolution entry (the initial resolution first, then one per refinement level)."""
+  lowres: tuple[jax.Array, ...]  # each [b, t, h/8, w/8, 256], unit-norm feature vectors
+  hires: tuple[jax.Array, ...]  # each [b, t, h/4, w/4, 128], unit-norm feature vectors
+
+  @property
+  def resolutions(self) -> tuple[Resolution, ...]:
+    """(h, w) of the image actually encoded for each entry (always a multiple of 8, so 4 x the hires grid)."""
+    return tuple((g.shape[2] * 4, g.shape[3] * 4) for g in self.hires)
+
+
+class QueryFeatures(NamedTuple):
+  """Per resolution entry, each query's features sampled at its own frame."""
+  lowres: tuple[jax.Array, ...]  # each [b, n, 256]
+  hires: tuple[jax.Array, ...]  # each [b, n, 128]
+
+
+def generate_default_resolutions(video_hw: Sequence[int], initial_hw: Sequence[int]) -> list[Resolution]:
+  """Refinement levels from `initial_hw` up to the video size, about a factor 2 apart, multiples of 8."""
+  video_hw, initial_hw = tuple(video_hw), tuple(initial_hw)
+  if video_hw == initial_hw:
+    return [initial_hw]
+  levels = int(math.ceil(max(math.log2(video_hw[0] / initial_hw[0]), math.log2(video_hw[1] / initial_hw[1]))))
+  levels += 1
+  if levels <= 1:
+    return [initial_hw]
+  out = []
+  for i in range(levels):
+    h = initial_hw[0] * (video_hw[0] / initial_hw[0])**(i / (levels - 1))
+    w = initial_hw[1] * (video_hw[1] / initial_hw[1])**(i / (levels - 1))
+    out.append((int(h // 8) * 8, int(w // 8) * 8))
+  return out
+
+
+def _check_video(video) -> None:
+  if video.ndim != 5 or video.shape[-1] != 3:
+    raise ValueError(f'video must be [batch, frames, height, width, 3] (RGB in [-1, 1]); got shape '
+                     f'{tuple(video.shape)}')
+
+
+def _check_query_points_shape(query_points, video_shape) -> None:
+  b = video_shape[0]
+  if query_points.ndim != 3 or query_points.shape[-1] != 3 or query_points.shape[0] != b:
+    raise ValueError(f'query_points must be [batch={b}, num_points, 3] as (t, y, x); got shape '
+                     f'{tuple(query_points.shape)}')
+
+
+def check_query_points(query_points: np.ndarray, video_shape: Sequence[int]) -> None:
+  """Raises if any (t, y, x) query lies outside a video of shape [..., t, h, w, 3] (t in [0, t-1]).
+
+  The Haiku module itself follows the reference semantics (out-of-range queries read clamped features), so
+  value checks live at the numpy boundary (`tapir.Tracker`) where the values are known.
+  """
+  t, h, w = video_shape[-4:-1]
+  q = np.asarray(query_points)
+  if q.ndim < 1 or q.shape[-1] != 3:
+    raise ValueError(f'query points must be [..., 3] as (t, y, x); got shape {q.shape}')
+  bad = ~((q[..., 0] >= 0) & (q[..., 0] <= t - 1) & (q[..., 1] >= 0) & (q[..., 1] <= h) & (q[..., 2] >= 0)
+          & (q[..., 2] <= w))
+  if bad.any():
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f'{int(bad.sum())} query point(s) lie outside the video (t in [0, {t - 1}], y in [0, {h}], x in '
+        f'[0, {w}] raster pixels); first at index {first}: (t, y, x) = {tuple(q[first].tolist())}')
+
+
+def _check_resolution(hw: Sequence[int], what: str) -> None:
+  if len(hw) != 2 or any(int(s) != s or s <= 0 or s % 8 for s in hw):
+    raise ValueError(f'{what} must be (height, width) with both positive multiples of 8; got {tuple(hw)}')
+
+
+class TAPIR(hk.Module):
+  """TAPIR point tracker. Constructor arguments use the official names and defaults."""
+
+  def __init__(
+      self,
+      bilinear_interp_with_depthwise_conv: bool = False,
+      num_pips_iter: int = 4,
+      pyramid_level: int = 1,
+      mixer_hidden_dim: int = 512,
+      num_mixer_blocks: int = 12,
+      mixer_kernel_shape: int = 3,
+      patch_size: int = 7,
+      softmax_temperature: float = 20.0,
+      use_causal_conv: bool = False,
+      parallelize_query_extraction: bool = False,
+      initial_resolution: Sequence[int] = (256, 256),
+      blocks_per_group: Sequence[int] = (2, 2, 2, 2),
+      extra_convs: bool = False,
+      extra_convs_kwargs: dict[str, Any] | None = None,
+      feature_extractor_chunk_size: int | None = None,
+      normalization: str | None = 'instancenorm',
+      cross_replica_axis: str | None = 'i',
+      name: str = 'tapir',
+  ):
+    """See the module docstring. Beyond the official arguments:
+
+    Args:
+      normalization: backbone normalisation, 'instancenorm' (released checkpoints) or 'batchnorm'
+        (cross-replica over `cross_replica_axis`; see `tapir.models.resnet`), 'layernorm' or None.
+      cross_replica_axis: the mapped axis name batch norm averages its statistics over (None: local batch).
+    """
+    super().__init__(name=name)
+    if patch_size != refinement.PATCH_WIDTH:
+      raise ValueError(f'patch_size={patch_size} is not supported: the released models use '
+                       f'{refinement.PATCH_WIDTH}x{refinement.PATCH_WIDTH} patches')
+    if num_pips_iter < 1 or pyramid_level < 0:
+      raise ValueError(f'need num_pips_iter >= 1 and pyramid_level >= 0; got {num_pips_iter}, {pyramid_level}')
+    _check_resolution(initial_resolution, 'initial_resolution')
+    if feature_extractor_chunk_size is not None and feature_extractor_chunk_size < 1:
+      raise ValueError(f'feature_extractor_chunk_size must be positive; got {feature_extractor_chunk_size}')
+    self.bilinear_interp_with_depthwise_conv = bilinear_interp_with_depthwise_conv
+    self.num_pips_iter = num_pips_iter
+    self.pyramid_level = pyramid_level
+    self.mixer_hidden_dim = mixer_hidden_dim
+    self.num_mixer_blocks = num_mixer_blocks
+    self.use_causal_conv = use_causal_conv
+    self.parallelize_query_extraction = parallelize_query_extraction
+    self.initial_resolution = tuple(int(s) for s in initial_resolution)
+    self.feature_extractor_chunk_size = feature_extractor_chunk_size
+    self.normalization = normalization
+
+    self.resnet = resnet.ResNet(blocks_per_group, normalization, cross_replica_axis, name='resnet')
+    self.cost_volume = cost_volume_lib.CostVolumeHead(softmax_temperature)
+    self.mixer = refinement.PIPsMLPMixer(mixer_hidden_dim, num_mixer_blocks, mixer_kernel_shape,
+                                         use_causal_conv, name='pips_mlp_mixer')
+    self.extra_convs = extra_convs_lib.ExtraConvs(**(extra_convs_kwargs or {})) if extra_convs else None
+
+  # ------------------------------------------------------------------------------------------------------
+  # Stage 1: feature grids
+
+  def _encode(self, images: jax.Array, is_training: bool) -> tuple[jax.Array, jax.Array]:
+    """[p, h, w, 3] -> unit-norm hires [p, h/4, w/4, 128] and lowres [p, h/8, w/8, 256]."""
+    out = self.resnet(images, is_training)
+    lowres = out.lowres if self.extra_convs is None else self.extra_convs(out.lowres)
+    normalize = lambda f: f / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(f), axis=-1, keepdims=True), 1e-12))
+    return normalize(out.hires), normalize(lowres)
+
+  def _encode_frames(self, frames: jax.Array, is_training: bool) -> tuple[jax.Array, jax.Array]:
+    """Runs the backbone on [p, h, w, 3] frames, `feature_extractor_chunk_size` at a time if set."""
+    chunk = self.feature_extractor_chunk_size
+    if chunk is None or frames.shape[0] <= chunk:
+      return self._encode(frames, is_training)
+    num_full = frames.shape[0] // chunk
+    body = frames[:num_full * chunk].reshape((num_full, chunk) + frames.shape[1:])
+    _, (hires, lowres) = hk.scan(lambda c, x: (c, self._encode(x, is_training)), None, body)
+    hires = hires.reshape((-1,) + hires.shape[2:])
+    lowres = lowres.reshape((-1,) + lowres.shape[2:])
+    if frames.shape[0] > num_full * chunk:  # the remainder, with the same weights
+      rest_hires, rest_lowres = self._encode(frames[num_full * chunk:], is_training)
+      hires = jnp.concatenate([hires, rest_hires])
+      lowres = jnp.concatenate([lowres, rest_lowres])
+    return hires, lowres
+
+  def _all_resolutions(self, video_hw: Resolution, refinement_resolutions) -> list[Resolution]:
+    if refinement_resolutions is None:
+      refinement_resolutions = generate_default_resolutions(video_hw, self.initial_resolution)
+    all_res = [self.initial_resolution] + [tuple(int(s) for s in r) for r in refinement_resolutions]
+    for r in all_res:
+      _check_resolution(r, 'every refinement resolution')
+    return all_res
+
+  def get_feature_grids(
+      self,
+      video: jax.Array,  # [b, t, h, w, 3]
+      is_training: bool,
+      refinement_resolutions: Sequence[Resolution] | None = None,
+  ) -> FeatureGrids:
+    _check_video(video)
+    b, t, h, w, _ = video.shape
+    lowres, hires = [], []
+    prev = None
+    for res in self._all_resolutions((h, w), refinement_resolutions):
+      if res == prev:
+        lowres.append(lowres[-1])
+        hires.append(hires[-1])
+        continue
+      if prev == (h, w):
+        # Reference quirk: after a level at the video's own size, the next level encodes the unresized video.
+        images = video
+      else:
+        images = jax.image.resize(video, (b, t) + res + (3,), method='bilinear')
+      prev = res
+      frames = images.reshape((b * t,) + images.shape[2:])
+      hi, lo = self._encode_frames(frames, is_training)
+      hires.append(hi.reshape((b, t) + hi.shape[1:]))
+      lowres.append(lo.reshape((b, t) + lo.shape[1:]))
+    return FeatureGrids(lowres=tuple(lowres), hires=tuple(hires))
+
+  # ------------------------------------------------------------------------------------------------------
+  # Stage 2: query features
+
+  def _sample_queries(self, grid: jax.Array, query_points: jax.Array, video_shape) -> jax.Array:
+    """grid [b, t, gh, gw, c], queries (t, y, x) in video pixels -> [b, n, c] (clamped trilinear sample)."""
+    _, t, vh, vw, _ = video_shape
+    gh, gw = grid.shape[2:4]
+    position = conventions.convert_grid_coordinates(query_points, (t, vh, vw), (t, gh, gw))
+    if self.parallelize_query_extraction:
+      # Official alternative: no interpolation along t; a frame outside the video gives a zero feature.
+      frame = jnp.round(position[..., 0])
+      in_range = ((frame >= 0) & (frame < t)).astype(grid.dtype)
+      position = position.at[..., 0].set(frame)
+      return jax.vmap(conventions.interp)(grid, position) * in_range[..., None]
+    return jax.vmap(conventions.interp)(grid, position)
+
+  def get_query_features(
+      self,
+      video: jax.Array,  # [b, t, h, w, 3]
+      is_training: bool,
+      query_points: jax.Array,  # [b, n, 3] (t, y, x) in pixels of `video`
+      feature_grids: FeatureGrids | None = None,
+      refinement_resolutions: Sequence[Resolution] | None = None,
+  ) -> QueryFeatures:
+    _check_video(video)
+    _check_query_points_shape(query_points, video.shape)
+    if feature_grids is None:
+      feature_grids = self.get_feature_grids(video, is_training, refinement_resolutions)
+    lowres, hires = [], []
+    for k, (lo, hi) in enumerate(zip(feature_grids.lowres, feature_grids.hires)):
+      if k > 0 and lo is feature_grids.lowres[k - 1] and hi is feature_grids.hires[k - 1]:
+        lowres.append(lowres[-1])
+        hires.append(hires[-1])
+        continue
+      lowres.append(self._sample_queries(lo, query_points, video.shape))
+      hires.append(self._sample_queries(hi, query_points, video.shape))
+    return QueryFeatures(lowres=tuple(lowres), hires=tuple(hires))
+
+  # ------------------------------------------------------------------------------------------------------
+  # Stage 3: trajectories
+
+  def _refine_level(self, grids, level_resolution, points, occ, expd, query_hires, query_lowres, contexts):
+    """`num_pips_iter` refinement iterations at one resolution level.
+
+    Returns the per-iteration estimates stacked on a leading axis ([iters, b, n, t, ...]) and the new contexts.
+    """
+    b, n, t, _ = points.shape
+    hi, wi = self.initial_resolution
+    feats = jnp.concatenate([query_hires, query_lowres], axis=-1)  # [b, n, 384]
+    feats = jnp.broadcast_to(feats[:, :, None], (b, n, t, feats.shape[-1]))
+
+    def iteration(carry, context):
+      points, occ, expd, feats = carry
+      hires_query = feats[..., :refinement.HIRES_CHANNELS]
+      lowres_query = feats[..., refinement.HIRES_CHANNELS:]
+      queries = [hires_query] + [lowres_query] * (len(grids) - 1)
+      corr = refinement.correlation_patches(grids, queries, points, (hi, wi),
+                                            dense=self.bilinear_interp_with_depthwise_conv)
+      mixer_in = jnp.concatenate([jnp.zeros_like(points), occ[..., None], expd[..., None], feats, corr], -1)
+      if context is not None:
+        context = [refinement.BlockContext(*(a.reshape((b * n,) + a.shape[2:]) for a in c)) for c in context]
+      out, context = self.mixer(mixer_in.reshape(b * n, t, -1), context)
+      out = out.reshape(b, n, t, -1)
+      delta = conventions.convert_grid_coordinates(out[..., :2], level_resolution[::-1], (wi, hi))
+      points = points + delta
+      occ = occ + out[..., 2]
+      expd = expd + out[..., 3]
+      feats = feats + out[..., 4:]
+      if context is not None:
+        context = [refinement.BlockContext(*(a.reshape((b, n) + a.shape[1:]) for a in c)) for c in context]
+      return (points, occ, expd, feats), (points, occ, expd, context)
+
+    _, (all_points, all_occ, all_expd, new_contexts) = hk.scan(
+        iteration, (points, occ, expd, feats), contexts, length=self.num_pips_iter)
+    return all_points, all_occ, all_expd, new_contexts
+
+  def _estimate_chunk(self, feature_grids, query_lowres, query_hires, query_points, video_size, contexts):
+    """Initialisation and every refinement iteration for one chunk of queries.
+
+    query_lowres / query_hires: per resolution entry, [b, n, c]. query_points: [b, n, 3] in video pixels or
+    None. contexts: None, or per refinement level the stacked causal contexts of its iterations.
+    Returns (points, occlusion, expected_dist) stacked over the 1 + num_iters estimates ([k, b, n, t, ...]),
+    tracks in initial-resolution pixels, and the new contexts.
+    """
+    hi, wi = self.initial_resolution
+    t = feature_grids.lowres[0].shape[1]
+    initial = self.cost_volume(query_lowres[0], feature_grids.lowres[0], self.initial_resolution)
+    points0 = initial.points
+    if query_points is not None:
+      query_initial = conventions.convert_grid_coordinates(query_points, (t,) + tuple(video_size), (t, hi, wi))
+      points0 = cost_volume_lib.replace_query_frame(points0, query_initial)
+
+    tracks, occlusion, expected_dist, new_contexts = [points0[None]], [initial.occlusion[None]], [
+        initial.expected_dist[None]], []
+    points = points0
+    resolutions = feature_grids.resolutions
+    for level in range(1, len(feature_grids.lowres)):
+      grids = refinement.pyramid(feature_grids.hires[level], feature_grids.lowres[level], self.pyramid_level)
+      level_points, level_occ, level_expd, level_context = self._refine_level(
+          grids, resolutions[level], points, initial.occlusion, initial.expected_dist, query_hires[level],
+          query_lowres[level], None if contexts is None else contexts[level - 1])
+      tracks.append(level_points)
+      occlusion.append(level_occ)
+      expected_dist.append(level_expd)
+      new_contexts.append(level_context)
+      # The next level starts from these positions; logits restart from the initialisation.
+      points = level_points[-1]
+    return (jnp.concatenate(tracks), jnp.concatenate(occlusion), jnp.concatenate(expected_dist),
+            None if contexts is None else new_contexts)
+
+  def estimate_trajectories(
+      self,
+      video_size: Sequence[int],  # (h, w) of the video the outputs' pixels refer to
+      is_training: bool,
+      feature_grids: FeatureGrids,
+      query_features: QueryFeatures,
+      query_points_in_video: jax.Array | None,  # [b, n, 3] (t, y, x); None: no query-frame replacement
+      query_chunk_size: int | None = None,
+      causal_context: Any = None,
+      get_causal_context: bool = False,
+  ) -> dict[str, Any]:
+    """Initial estimate and every refinement iteration, as lists of `1 + num_pips_iter * levels` entries.
+
+    Returns a dict with lists `tracks` ([b, n, t, 2] (x, y) in pixels of `video_size`), `occlusion` and
+    `expected_dist` ([b, n, t] logits); entry 0 is the cost-volume initialisation. With a causal context
+    (see `tapir.models.causal`), also `causal_context`, the context for the next frames.
+    """
+    # Deferred import: the causal helpers build on this module's containers.
+    from tapir.models import causal  # pylint: disable=g-import-not-at-top
+
+    b, n = query_features.lowres[0].shape[:2]
+    num_levels = len(feature_grids.lowres) - 1
+    if is_training and causal_context is not None:
+      raise ValueError('training with a causal context is not supported')
+    contexts = None
+    if causal_context is not None or get_causal_context:
+      if not self.use_causal_conv:
+        raise ValueError('causal contexts need a model built with use_causal_conv=True')
+      if causal_context is None:
+        causal_context = causal.zero_state(b, n, self.mixer_hidden_dim, self.num_mixer_blocks,
+                                           self.num_pips_iter, num_levels)
+      contexts = causal.stack_by_level(causal_context, self.num_pips_iter, num_levels)
+
+    chunk = n if query_chunk_size is None else max(1, min(int(query_chunk_size), n))
+    num_chunks = -(-n // chunk)
+    # Queries are processed in a random order when an RNG is available (it decides which chunk gets gradients
+    # through refinement in training); values do not depend on the order.
+    rng = hk.maybe_next_rng_key()
+    if rng is not None and contexts is None and num_chunks > 1:
+      perm = jax.random.permutation(rng, n)
+    else:
+      perm = jnp.arange(n)
+    padded = num_chunks * chunk
+    order = jnp.concatenate([perm, jnp.broadcast_to(perm[:1], (padded - n,))])  # pad with repeats
+
+    def take(x, axis=1):  # [b, n, ...] -> [num_chunks, b, chunk, ...]
+      x = jnp.take(x, order, axis=axis)
+      x = x.reshape(x.shape[:axis] + (num_chunks, chunk) + x.shape[axis + 1:])
+      return jnp.moveaxis(x, axis, 0)
+
+    chunked = dict(
+        lowres=[take(q) for q in query_features.lowres],
+        hires=[take(q) for q in query_features.hires],
+        points=None if query_points_in_video is None else take(query_points_in_video),
+        contexts=None if contexts is None else jax.tree_util.tree_map(lambda a: take(a, axis=2), contexts),
+        index=jnp.arange(num_chunks),
+    )
+
+    def run_chunk(_, xs):
+      points, occ, expd, ctx = self._estimate_chunk(feature_grids, xs['lowres'], xs['hires'], xs['points'],
+                                                    video_size, xs['contexts'])
+      # Only the first chunk back-propagates through refinement (bounds training memory; values unchanged).
+      first = xs['index'] == 0
+      keep = lambda x: jnp.concatenate([x[:1], jnp.where(first, x[1:], jax.lax.stop_gradient(x[1:]))])
+      points, occ, expd = keep(points), keep(occ), keep(expd)
+      return None, (points, occ, expd, ctx)
+
+    if num_chunks == 1:
+      _, out = run_chunk(None, jax.tree_util.tree_map(lambda x: x[0], chunked))
+      out = jax.tree_util.tree_map(lambda x: x[None], out)
+    else:
+      _, out = hk.scan(run_chunk, None, chunked)
+
+    inverse = jnp.argsort(order[:n]) if num_chunks > 1 else jnp.arange(n)
+
+    def merge(x, axis):  # [num_chunks, ..., chunk (at axis), ...] -> [..., n, ...] in the original order
+      x = jnp.moveaxis(x, 0, axis)
+      x = x.reshape(x.shape[:axis] + (padded,) + x.shape[axis + 2:])
+      return jnp.take(x[(slice(None),) * axis + (slice(0, n),)], inverse, axis=axis)
+
+    points, occ, expd, new_contexts = out
+    points, occ, expd = merge(points, 2), merge(occ, 2), merge(expd, 2)  # [k, b, n, t, ...]
+    hi, wi = self.initial_resolution
+    points = conventions.convert_grid_coordinates(points, (wi, hi), tuple(video_size)[::-1])
+    result = dict(tracks=list(points), occlusion=list(occ), expected_dist=list(expd))
+    if contexts is not None:
+      new_contexts = jax.tree_util.tree_map(lambda a: merge(a, 2), new_contexts)
+      result['causal_context'] = causal.unstack_levels(new_contexts)
+    return result
+
+  # ------------------------------------------------------------------------------------------------------
+
+  def __call__(
+      self,
+      video: jax.Array,  # [b, t, h, w, 3] in [-1, 1]
+      is_training: bool,
+      query_points: jax.Array,  # [b, n, 3] (t, y, x) in pixels of `video`
+      query_chunk_size: int | None = None,
+      get_query_feats: bool = False,
+      refinement_resolutions: Sequence[Resolution] | None = None,
+      feature_grids: FeatureGrids | None = None,
+  ) -> dict[str, Any]:
+    """Tracks every query through the whole video.
+
+    Returns:
+      tracks [b, n, t, 2], occlusion [b, n, t], expected_dist [b, n, t]: the mean of the last refinement
+        iteration of every resolution level;
+      unrefined_tracks / unrefined_occlusion / unrefined_expected_dist: lists of every earlier estimate
+        (entry 0 is the cost-volume initialisation).
+    """
+    if get_query_feats:
+      raise ValueError('get_query_feats=True is not supported (as in the reference implementation)')
+    _check_video(video)
+    _check_query_points_shape(query_points, video.shape)
+    if feature_grids is None:
+      feature_grids = self.get_feature_grids(video, is_training, refinement_resolutions)
+    query_features = self.get_query_features(video, is_training, query_points, feature_grids)
+    trajectories = self.estimate_trajectories(video.shape[2:4], is_training, feature_grids, query_features,
+                                              query_points, query_chunk_size)
+    p = self.num_pips_iter
+    num_levels = len(feature_grids.lowres) - 1
+    out = {}
+    for key in ('tracks', 'occlusion', 'expected_dist'):
+      values = trajectories[key]
+      finals = [values[p * level] for level in range(1, num_levels + 1)]
+      out[key] = finals[0] if len(finals) == 1 else jnp.mean(jnp.stack(finals), axis=0)
+      out['unrefined_' + key] = values[:-1]
+    return out
