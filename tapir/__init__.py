@@ -3,3 +3,20 @@
 Conventions (shapes, coordinate order, value ranges) are stated once, in `tapir.conventions`.
 Importing this package never imports TensorFlow; the data pipeline under `tapir.data` does so lazily.
 """
+
+from tapir import checkpoint
+from tapir import conventions
+from tapir.checkpoint import load_checkpoint
+from tapir.checkpoint import save_checkpoint
+from tapir.inference import grid_query_points
+from tapir.inference import mask_query_points
+from tapir.inference import PRESETS
+from tapir.inference import Tracker
+from tapir.models.tapir import FeatureGrids
+from tapir.models.tapir import QueryFeatures
+from tapir.models.tapir import TAPIR
+
+__all__ = [
+    'checkpoint', 'conventions', 'load_checkpoint', 'save_checkpoint', 'grid_query_points', 'mask_query_points',
+    'PRESETS', 'Tracker', 'FeatureGrids', 'QueryFeatures', 'TAPIR',
+]

@@ -1,0 +1,185 @@
+"""Tracking for people: uint8 video of any size in, tracks in that video's pixels and visibility out.
+
+    tracker = tapir.Tracker.from_checkpoint('tapir_checkpoint_panning.npy', preset='tapir')
+    queries = tapir.grid_query_points(video.shape[1:3], stride=32)          # [n, 3] (t, y, x)
+    tracks, visible = tracker.track(video, queries)                         # [n, t, 2] (x, y), [n, t]
+
+The video is resized (PIL Lanczos, as the reference demos do) to `resize_to` before the model; queries and
+tracks are rescaled by pure multiplication (`tapir.conventions`). Features are computed once per video and the
+queries run in fixed-size chunks, so memory is bounded in the number of points and each input shape compiles
+once.
+"""
+
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import mediapy
+import numpy as np
+
+from tapir import checkpoint as checkpoint_lib
+from tapir import conventions
+from tapir.models import tapir as tapir_lib
+
+# Constructor settings of the released models that cannot be read off parameter shapes.
+PRESETS: dict[str, dict[str, Any]] = {
+    'tapir': dict(pyramid_level=0),
+    'causal_tapir': dict(pyramid_level=1, use_causal_conv=True),
+    'bootstapir': dict(pyramid_level=1, extra_convs=True, softmax_temperature=10.0),
+    'causal_bootstapir': dict(pyramid_level=1, extra_convs=True, softmax_temperature=10.0, use_causal_conv=True),
+}
+
+
+def preset_kwargs(preset: str, **overrides) -> dict[str, Any]:
+  if preset not in PRESETS:
+    raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
+  return {**PRESETS[preset], **overrides}
+
+
+class TrackerOutput(NamedTuple):
+  tracks: np.ndarray  # [n, t, 2] (x, y) pixels of the input video
+  visible: np.ndarray  # [n, t] bool
+  occlusion: np.ndarray  # [n, t] logit
+  expected_dist: np.ndarray  # [n, t] logit
+
+
+def grid_query_points(frame_hw: Sequence[int], stride: int = 8, query_frame: int = 0) -> np.ndarray:
+  """Queries at the centres of pixels on a regular grid (rows stride//2, stride//2 + stride, ...) of a frame.
+
+  Returns [n, 3] float32 (t, y, x), row-major (y outer).
+  """
+  h, w = frame_hw
+  ys = np.arange(stride // 2, h, stride) + 0.5
+  xs = np.arange(stride // 2, w, stride) + 0.5
+  yy, xx = np.meshgrid(ys, xs, indexing='ij')
+  t = np.full(yy.size, query_frame)
+  return np.stack([t, yy.ravel(), xx.ravel()], axis=-1).astype(np.float32)
+
+
+def mask_query_points(mask: np.ndarray, query_frame: int = 0, stride: int = 8,
+                      num_points: int | None = None, seed: int = 0) -> np.ndarray:
+  """Queries at pixel centres inside a boolean mask [h, w] of frame `query_frame`.
+
+  Takes the pixels of a regular grid (`stride`) that fall inside the mask; with `num_points`, instead draws
+  that many distinct mask pixels at random (seeded). Returns [n, 3] float32 (t, y, x).
+  """
+  mask = np.asarray(mask)
+  if mask.ndim != 2 or mask.dtype != bool:
+    raise ValueError(f'mask must be a boolean [height, width] array; got {mask.dtype} {mask.shape}')
+  if num_points is None:
+    grid = np.zeros_like(mask)
+    grid[stride // 2::stride, stride // 2::stride] = True
+    rows, cols = np.nonzero(mask & grid)
+  else:
+    rows, cols = np.nonzero(mask)
+    if num_points > rows.size:
+      raise ValueError(f'asked for {num_points} points but the mask has only {rows.size} pixels')
+    pick = np.random.default_rng(seed).choice(rows.size, num_points, replace=False)
+    rows, cols = rows[np.sort(pick)], cols[np.sort(pick)]
+  if rows.size == 0:
+    raise ValueError('the mask selects no query points (empty mask or stride larger than the masked region)')
+  t = np.full(rows.size, query_frame)
+  return np.stack([t, rows + 0.5, cols + 0.5], axis=-1).astype(np.float32)
+
+
+def check_video(video: np.ndarray) -> None:
+  if not isinstance(video, np.ndarray) or video.dtype != np.uint8:
+    raise ValueError(f'video must be a uint8 numpy array [frames, height, width, 3]; got '
+                     f'{getattr(video, "dtype", type(video))}')
+  if video.ndim != 4 or video.shape[-1] != 3:
+    raise ValueError(f'video must be [frames, height, width, 3] RGB; got shape {video.shape}')
+
+
+def resize_video(video: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+  """uint8 [t, h, w, 3] -> uint8 [t, *hw, 3] with PIL Lanczos per frame (identity if the size matches)."""
+  if tuple(video.shape[1:3]) == tuple(hw):
+    return video
+  return np.asarray(mediapy.resize_video(video, tuple(hw)))
+
+
+class Tracker:
+  """Offline TAPIR for arbitrary uint8 videos. See the module docstring."""
+
+  def __init__(self, params, state, model_kwargs: Mapping[str, Any], query_chunk_size: int = 64):
+    self.model_kwargs = dict(model_kwargs)
+    checkpoint_lib.check_params(params, self.model_kwargs)
+    self.params = jax.device_put(params)
+    self.state = jax.device_put(state)
+    self.query_chunk_size = query_chunk_size
+    kwargs = self.model_kwargs
+
+    def features(video):
+      return tapir_lib.TAPIR(**kwargs).get_feature_grids(video, is_training=False)
+
+    def chunk(video, feature_grids, query_points):
+      model = tapir_lib.TAPIR(**kwargs)
+      out = model(video, is_training=False, query_points=query_points, feature_grids=feature_grids)
+      return out['tracks'], out['occlusion'], out['expected_dist']
+
+    self._features = jax.jit(hk.transform_with_state(features).apply)
+    self._chunk = jax.jit(hk.transform_with_state(chunk).apply)
+
+  @classmethod
+  def from_checkpoint(cls, path: str, preset: str = 'tapir', query_chunk_size: int = 64,
+                      **overrides) -> 'Tracker':
+    """Loads an official `.npy` checkpoint; `preset` names the released architecture (see PRESETS)."""
+    params, state = checkpoint_lib.load_checkpoint(path)
+    return cls(params, state, preset_kwargs(preset, **overrides), query_chunk_size)
+
+  @classmethod
+  def random_init(cls, preset: str = 'tapir', seed: int = 0, query_chunk_size: int = 64, **overrides) -> 'Tracker':
+    """A tracker with randomly initialised weights (for trying the API and for tests)."""
+    kwargs = preset_kwargs(preset, **overrides)
+    init_kwargs = {**kwargs, 'initial_resolution': (16, 16)}  # parameter shapes do not depend on it
+
+    def forward(video, queries):
+      return tapir_lib.TAPIR(**init_kwargs)(video, is_training=False, query_points=queries)
+
+    init = jax.jit(hk.transform_with_state(forward).init)
+    params, state = init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 16, 16, 3)), jnp.zeros((1, 1, 3)))
+    return cls(params, state, kwargs, query_chunk_size)
+
+  def predict(self, video: np.ndarray, query_points: np.ndarray,
+              resize_to: Sequence[int] | None = (256, 256)) -> TrackerOutput:
+    """Tracks, visibility and both logits. Arguments as `track`."""
+    check_video(video)
+    query_points = np.asarray(query_points, np.float32)
+    if query_points.ndim != 2 or query_points.shape[-1] != 3:
+      raise ValueError(f'query_points must be [num_points, 3] as (t, y, x); got shape {query_points.shape}')
+    tapir_lib.check_query_points(query_points, video.shape)
+    t, h, w, _ = video.shape
+    model_hw = (h, w) if resize_to is None else tuple(resize_to)
+    frames = conventions.frames_to_model_input(resize_video(video, model_hw))[None]  # [1, t, h', w', 3]
+    queries = conventions.convert_grid_coordinates(query_points, (t, h, w), (t,) + model_hw)
+
+    frames = jnp.asarray(frames)
+    grids, _ = self._features(self.params, self.state, None, frames)
+    n = queries.shape[0]
+    size = min(self.query_chunk_size, n)
+    padded = -(-n // size) * size
+    queries = np.concatenate([queries, np.repeat(queries[:1], padded - n, axis=0)])
+    outputs = []
+    for start in range(0, padded, size):
+      (tracks, occ, expd), _ = self._chunk(self.params, self.state, None, frames, grids,
+                                           jnp.asarray(queries[None, start:start + size]))
+      outputs.append(jax.device_get((tracks[0], occ[0], expd[0])))
+    tracks, occ, expd = (np.concatenate(x)[:n] for x in zip(*outputs))
+    tracks = conventions.convert_grid_coordinates(tracks, model_hw[::-1], (w, h))
+    visible = conventions.visibility_from_logits(occ, expd)
+    return TrackerOutput(tracks=tracks, visible=visible, occlusion=occ, expected_dist=expd)
+
+  def track(self, video: np.ndarray, query_points: np.ndarray,
+            resize_to: Sequence[int] | None = (256, 256)) -> tuple[np.ndarray, np.ndarray]:
+    """Tracks query points through a video.
+
+    Args:
+      video: uint8 [t, h, w, 3], any size.
+      query_points: [n, 3] (t, y, x) in pixels of `video` (raster coordinates, see `tapir.conventions`).
+      resize_to: (height, width) the model runs at (256x256 like the released demos), or None for the video's
+        own size (the model then refines at several resolutions).
+    Returns:
+      tracks [n, t, 2] (x, y) in pixels of `video`, and visible [n, t] bool.
+    """
+    out = self.predict(video, query_points, resize_to)
+    return out.tracks, out.visible

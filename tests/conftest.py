@@ -1,0 +1,38 @@
+"""Shared test fixtures. Tests run on CPU with small configs; see README 'Tests'."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+# Compile fast: the tests' tiny models gain nothing from XLA's optimisation passes.
+os.environ.setdefault('XLA_FLAGS', '')
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update('jax_disable_most_optimizations', True)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN = REPO.parent / 'shared' / 'golden'
+
+# The small architecture of the golden checkpoint (../shared/golden/README.md).
+SMALL_KWARGS = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=2, mixer_hidden_dim=128,
+                    initial_resolution=(64, 64), pyramid_level=0)
+
+
+@pytest.fixture(scope='session')
+def golden_dir() -> pathlib.Path:
+  if not GOLDEN.is_dir():
+    pytest.fail(f'golden fixtures not found at {GOLDEN}: tests expect ../shared beside the repository')
+  return GOLDEN
+
+
+@pytest.fixture(scope='session')
+def small_checkpoint(golden_dir):
+  import tapir  # pylint: disable=g-import-not-at-top
+  return tapir.load_checkpoint(golden_dir / 'tapir_small_checkpoint.npy')
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(0)

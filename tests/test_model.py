@@ -1,0 +1,132 @@
+"""Shapes, invariances and input errors of the composed model (small random configs)."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tapir
+from tapir.models import tapir as tapir_lib
+from tests.conftest import SMALL_KWARGS
+
+TINY = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=1, mixer_hidden_dim=32, initial_resolution=(32, 32),
+            pyramid_level=0, num_pips_iter=2)
+
+
+def _run(kwargs, video, queries, params=None, rng_seed=0, **call):
+  def forward(video, queries):
+    return tapir.TAPIR(**kwargs)(video, is_training=False, query_points=queries, **call)
+  model = hk.transform_with_state(forward)
+  if params is None:
+    params, state = jax.jit(model.init)(jax.random.PRNGKey(rng_seed), video, queries)
+  else:
+    params, state = params
+  out, _ = jax.jit(model.apply)(params, state, jax.random.PRNGKey(1), video, queries)
+  return out, (params, state)
+
+
+def _inputs(rng, b=1, t=4, h=32, w=32, n=5):
+  video = rng.uniform(-1, 1, size=(b, t, h, w, 3)).astype(np.float32)
+  queries = np.stack([rng.integers(0, t, size=(b, n)), rng.uniform(0, h, size=(b, n)),
+                      rng.uniform(0, w, size=(b, n))], -1).astype(np.float32)
+  return video, queries
+
+
+def test_output_shapes_and_lists(rng):
+  video, queries = _inputs(rng, b=2, t=3, n=4)
+  out, _ = _run(TINY, video, queries)
+  assert out['tracks'].shape == (2, 4, 3, 2)
+  assert out['occlusion'].shape == out['expected_dist'].shape == (2, 4, 3)
+  assert len(out['unrefined_tracks']) == TINY['num_pips_iter']  # init + all but the last iteration
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(out))
+
+
+def test_query_frame_carries_the_query_point_in_the_initialisation(rng):
+  video, queries = _inputs(rng, h=40, w=48)  # not the initial resolution: replacement happens after rescaling
+  out, _ = _run(TINY, video, queries)
+  init = np.asarray(out['unrefined_tracks'][0])
+  for i, (t, y, x) in enumerate(queries[0]):
+    np.testing.assert_allclose(init[0, i, int(t)], [x, y], atol=1e-4)
+
+
+def test_chunk_size_and_permutation_do_not_change_values(rng):
+  video, queries = _inputs(rng, n=7)
+  whole, params = _run(TINY, video, queries)
+  for chunk in (1, 3):
+    chunked, _ = _run(TINY, video, queries, params=params, query_chunk_size=chunk)
+    for key in ('tracks', 'occlusion', 'expected_dist'):
+      np.testing.assert_allclose(chunked[key], whole[key], atol=1e-4, err_msg=f'{key}, chunk {chunk}')
+
+
+def test_frame_chunked_feature_extraction_is_exact(rng):
+  video, queries = _inputs(rng, t=5)
+  whole, params = _run(TINY, video, queries)
+  chunked, _ = _run({**TINY, 'feature_extractor_chunk_size': 2}, video, queries, params=params)
+  np.testing.assert_allclose(chunked['tracks'], whole['tracks'], atol=1e-4)
+  np.testing.assert_allclose(chunked['occlusion'], whole['occlusion'], atol=1e-5)
+
+
+@pytest.mark.parametrize('pyramid_level', [0, 1])
+def test_dense_patch_path_equals_gather_path(rng, pyramid_level):
+  video, queries = _inputs(rng, h=48, w=40)  # two refinement levels
+  kwargs = {**TINY, 'pyramid_level': pyramid_level}
+  gather, params = _run(kwargs, video, queries)
+  dense, _ = _run({**kwargs, 'bilinear_interp_with_depthwise_conv': True}, video, queries, params=params)
+  for key in ('tracks', 'occlusion', 'expected_dist'):
+    np.testing.assert_allclose(dense[key], gather[key], atol=1e-4, err_msg=key)
+
+
+def test_default_resolutions():
+  assert tapir_lib.generate_default_resolutions((256, 256), (256, 256)) == [(256, 256)]
+  assert tapir_lib.generate_default_resolutions((96, 128), (64, 64)) == [(64, 64), (96, 128)]
+  assert tapir_lib.generate_default_resolutions((48, 48), (64, 64)) == [(64, 64)]
+  assert tapir_lib.generate_default_resolutions((1080, 1920), (256, 256))[-1] == (1080, 1920)
+
+
+def test_parameter_counts_of_released_architectures():
+  count = lambda kw: sum(int(np.prod(s)) for m in tapir.checkpoint.expected_shapes(kw).values() for s in m.values())
+  assert count(dict(pyramid_level=0)) == 31_072_327  # TAPIR
+  assert count(dict(pyramid_level=1, extra_convs=True)) == 54_699_335  # BootsTAPIR
+  assert count(SMALL_KWARGS) == 2_871_879  # the golden checkpoint
+
+
+@pytest.mark.parametrize('video_shape, message', [
+    ((4, 32, 32, 3), r'\[batch, frames, height, width, 3\]'),
+    ((1, 4, 32, 32, 1), r'\[batch, frames, height, width, 3\]'),
+])
+def test_bad_video_raises(video_shape, message):
+  with pytest.raises(ValueError, match=message):
+    _run(TINY, np.zeros(video_shape, np.float32), np.zeros((1, 1, 3), np.float32))
+
+
+def test_bad_query_shape_raises(rng):
+  video, _ = _inputs(rng)
+  with pytest.raises(ValueError, match=r'query_points must be \[batch=1, num_points, 3\]'):
+    _run(TINY, video, np.zeros((1, 2, 2), np.float32))
+
+
+@pytest.mark.parametrize('kwargs, call', [
+    ({'initial_resolution': (30, 32)}, {}),
+    ({}, {'refinement_resolutions': [(36, 40)]}),
+])
+def test_resolution_not_multiple_of_8_raises(rng, kwargs, call):
+  video, queries = _inputs(rng)
+  with pytest.raises(ValueError, match='multiples of 8'):
+    _run({**TINY, **kwargs}, video, queries, **call)
+
+
+def test_query_points_outside_video_raise():
+  with pytest.raises(ValueError, match=r'1 query point\(s\) lie outside the video'):
+    tapir_lib.check_query_points(np.array([[0, 5, 5], [4, 5, 5]], np.float32), (4, 32, 32, 3))
+  tapir_lib.check_query_points(np.array([[3, 32, 0]], np.float32), (4, 32, 32, 3))  # edges are inside
+
+
+def test_unsupported_arguments_raise(rng):
+  video, queries = _inputs(rng)
+  with pytest.raises(ValueError, match='patch_size'):
+    _run({**TINY, 'patch_size': 5}, video, queries)
+  with pytest.raises(ValueError, match='get_query_feats'):
+    _run(TINY, video, queries, get_query_feats=True)
+  with pytest.raises(ValueError, match='normalization'):
+    _run({**TINY, 'normalization': 'groupnorm'}, video, queries)
