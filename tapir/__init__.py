@@ -13,10 +13,12 @@ from tapir.inference import mask_query_points
 from tapir.inference import PRESETS
 from tapir.inference import Tracker
 from tapir.models.tapir import FeatureGrids
+from tapir.online import OnlineOutput
+from tapir.online import OnlineTracker
 from tapir.models.tapir import QueryFeatures
 from tapir.models.tapir import TAPIR
 
 __all__ = [
     'checkpoint', 'conventions', 'load_checkpoint', 'save_checkpoint', 'grid_query_points', 'mask_query_points',
-    'PRESETS', 'Tracker', 'FeatureGrids', 'QueryFeatures', 'TAPIR',
+    'PRESETS', 'Tracker', 'OnlineTracker', 'OnlineOutput', 'FeatureGrids', 'QueryFeatures', 'TAPIR',
 ]

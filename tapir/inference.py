@@ -83,6 +83,17 @@ def mask_query_points(mask: np.ndarray, query_frame: int = 0, stride: int = 8,
   return np.stack([t, rows + 0.5, cols + 0.5], axis=-1).astype(np.float32)
 
 
+def init_params(model_kwargs: Mapping[str, Any], seed: int = 0):
+  """Randomly initialised (params, state) of `tapir.TAPIR(**model_kwargs)`."""
+  init_kwargs = {**model_kwargs, 'initial_resolution': (16, 16)}  # parameter shapes do not depend on it
+
+  def forward(video, queries):
+    return tapir_lib.TAPIR(**init_kwargs)(video, is_training=False, query_points=queries)
+
+  init = jax.jit(hk.transform_with_state(forward).init)
+  return init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 16, 16, 3)), jnp.zeros((1, 1, 3)))
+
+
 def check_video(video: np.ndarray) -> None:
   if not isinstance(video, np.ndarray) or video.dtype != np.uint8:
     raise ValueError(f'video must be a uint8 numpy array [frames, height, width, 3]; got '
@@ -131,14 +142,7 @@ class Tracker:
   def random_init(cls, preset: str = 'tapir', seed: int = 0, query_chunk_size: int = 64, **overrides) -> 'Tracker':
     """A tracker with randomly initialised weights (for trying the API and for tests)."""
     kwargs = preset_kwargs(preset, **overrides)
-    init_kwargs = {**kwargs, 'initial_resolution': (16, 16)}  # parameter shapes do not depend on it
-
-    def forward(video, queries):
-      return tapir_lib.TAPIR(**init_kwargs)(video, is_training=False, query_points=queries)
-
-    init = jax.jit(hk.transform_with_state(forward).init)
-    params, state = init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 16, 16, 3)), jnp.zeros((1, 1, 3)))
-    return cls(params, state, kwargs, query_chunk_size)
+    return cls(*init_params(kwargs, seed), kwargs, query_chunk_size)
 
   def predict(self, video: np.ndarray, query_points: np.ndarray,
               resize_to: Sequence[int] | None = (256, 256)) -> TrackerOutput:

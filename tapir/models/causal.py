@@ -52,14 +52,6 @@ def unstack_levels(stacked: Sequence[list[refinement.BlockContext]]) -> CausalSt
   return state
 
 
-def reset_points(state: CausalState, point_mask: jax.Array) -> CausalState:
-  """Zeroes the history of the points where `point_mask` [n] (or [b, n]) is True."""
-  keep = jnp.logical_not(point_mask)
-  return jax.tree_util.tree_map(
-      lambda a: a * jnp.reshape(keep, keep.shape + (1,) * (a.ndim - keep.ndim)).astype(a.dtype)
-      if keep.ndim == 2 else a * keep[None, :, None, None].astype(a.dtype), state)
-
-
 def _block_name(j: int) -> str:
   return 'block' if j == 0 else f'block_{j}'
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tapir import conventions
+from tapir.models import causal
 from tapir.models import cost_volume as cost_volume_lib
 from tapir.models import extra_convs as extra_convs_lib
 from tapir.models import refinement
@@ -346,20 +347,21 @@ class TAPIR(hk.Module):
     `expected_dist` ([b, n, t] logits); entry 0 is the cost-volume initialisation. With a causal context
     (see `tapir.models.causal`), also `causal_context`, the context for the next frames.
     """
-    # Deferred import: the causal helpers build on this module's containers.
-    from tapir.models import causal  # pylint: disable=g-import-not-at-top
-
     b, n = query_features.lowres[0].shape[:2]
     num_levels = len(feature_grids.lowres) - 1
     if is_training and causal_context is not None:
       raise ValueError('training with a causal context is not supported')
     contexts = None
+    official_format = False
     if causal_context is not None or get_causal_context:
       if not self.use_causal_conv:
         raise ValueError('causal contexts need a model built with use_causal_conv=True')
       if causal_context is None:
         causal_context = causal.zero_state(b, n, self.mixer_hidden_dim, self.num_mixer_blocks,
                                            self.num_pips_iter, num_levels)
+      elif causal_context and isinstance(causal_context[0], dict):  # the reference implementation's layout
+        official_format = True
+        causal_context = causal.from_official(causal_context)
       contexts = causal.stack_by_level(causal_context, self.num_pips_iter, num_levels)
 
     chunk = n if query_chunk_size is None else max(1, min(int(query_chunk_size), n))
@@ -417,7 +419,39 @@ class TAPIR(hk.Module):
     if contexts is not None:
       new_contexts = jax.tree_util.tree_map(lambda a: merge(a, 2), new_contexts)
       result['causal_context'] = causal.unstack_levels(new_contexts)
+      if official_format:
+        result['causal_context'] = causal.to_official(result['causal_context'])
     return result
+
+  def construct_initial_causal_state(self, num_points: int, num_resolutions: int = 1,
+                                     batch_size: int = 1) -> list[dict[str, jax.Array]]:
+    """Zero causal context in the reference layout (a list of dicts), for any batch size and mixer width.
+
+    `num_resolutions` is the number of refinement levels. `tapir.models.causal.zero_state` gives the same in
+    our typed layout; `estimate_trajectories` accepts and returns either.
+    """
+    return causal.to_official(causal.zero_state(batch_size, num_points, self.mixer_hidden_dim,
+                                                self.num_mixer_blocks, self.num_pips_iter, num_resolutions))
+
+  @staticmethod
+  def update_query_features(
+      query_features: QueryFeatures,
+      new_query_features: QueryFeatures,
+      idx_to_update: jax.Array,  # [k] indices of the points to replace
+      causal_state: Any = None,
+  ) -> QueryFeatures | tuple[QueryFeatures, Any]:
+    """Replaces the features of some points (at every resolution entry) and zeroes their causal history."""
+    idx = jnp.asarray(idx_to_update)
+    replace = lambda old, new: old.at[:, idx].set(new)
+    updated = QueryFeatures(
+        lowres=tuple(replace(o, n) for o, n in zip(query_features.lowres, new_query_features.lowres)),
+        hires=tuple(replace(o, n) for o, n in zip(query_features.hires, new_query_features.hires)))
+    if causal_state is None:
+      return updated
+    official_format = bool(causal_state) and isinstance(causal_state[0], dict)
+    state = causal.from_official(causal_state) if official_format else causal_state
+    state = jax.tree_util.tree_map(lambda a: a.at[:, idx].set(0.0), state)
+    return updated, (causal.to_official(state) if official_format else state)
 
   # ------------------------------------------------------------------------------------------------------
 
