@@ -1,0 +1,78 @@
+"""Training losses on inputs whose values can be checked by hand."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tapir import losses
+
+SHAPE_256 = (1, 2, 256, 256, 3)
+
+
+def _loss(points, target, occluded, expected_dist=None, shape=SHAPE_256, occ_logits=None, **kw):
+  points, target = jnp.asarray(points, jnp.float32), jnp.asarray(target, jnp.float32)
+  occluded = jnp.asarray(occluded)
+  occ_logits = jnp.zeros(occluded.shape) if occ_logits is None else jnp.asarray(occ_logits, jnp.float32)
+  return losses.tapnet_loss(points, occ_logits, target, occluded, shape, expected_dist=expected_dist, **kw)
+
+
+def test_zero_error_gives_zero_huber_and_finite_gradient():
+  target = np.full((1, 1, 2, 2), 10.0)
+  huber, _, _ = _loss(target, target, np.zeros((1, 1, 2), bool))
+  assert float(huber) == 0.0
+  grad = jax.grad(lambda p: _loss(p, target, np.zeros((1, 1, 2), bool))[0])(jnp.asarray(target, jnp.float32))
+  assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_huber_branches_and_occluded_frames():
+  target = np.zeros((1, 1, 2, 2))
+  points = np.array([[[[3.0, 0.0], [6.0, 8.0]]]])  # errors 3 px (quadratic) and 10 px (linear)
+  huber, _, _ = _loss(points, target, np.zeros((1, 1, 2), bool))
+  np.testing.assert_allclose(huber, (3**2 / 2 + 4 * (10 - 2)) / 2, rtol=1e-6)
+  huber, _, _ = _loss(points, target, np.array([[[False, True]]]))
+  np.testing.assert_allclose(huber, (3**2 / 2) / 2, rtol=1e-6)  # occluded frame contributes 0 but counts
+
+
+def test_positions_are_compared_at_256x256():
+  target = np.zeros((1, 1, 1, 2))
+  points = np.array([[[[1.0, 0.0]]]])  # 1 px in a 128-wide video = 2 px at 256
+  huber, _, _ = _loss(points, target, np.zeros((1, 1, 1), bool), shape=(1, 1, 128, 128, 3))
+  np.testing.assert_allclose(huber, 2.0**2 / 2, rtol=1e-6)
+
+
+def test_occlusion_cross_entropy():
+  _, occ, _ = _loss(np.zeros((1, 1, 2, 2)), np.zeros((1, 1, 2, 2)), np.array([[[True, False]]]),
+                    occ_logits=np.array([[[0.0, 2.0]]]))
+  np.testing.assert_allclose(occ, (np.log(2) + np.log1p(np.exp(2.0))) / 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize('error, far', [(5.9, 0.0), (6.1, 1.0)])
+def test_uncertainty_target_crosses_at_6px(error, far):
+  target = np.zeros((1, 1, 1, 2))
+  points = np.array([[[[error, 0.0]]]])
+  logit = 1.5
+  _, _, unc = _loss(points, target, np.zeros((1, 1, 1), bool), expected_dist=jnp.full((1, 1, 1), logit),
+                    expected_dist_thresh=6.0)
+  expected = -far * np.log(1 / (1 + np.exp(-logit))) - (1 - far) * np.log(1 / (1 + np.exp(logit)))
+  np.testing.assert_allclose(unc, expected, rtol=1e-5)
+
+
+def test_uncertainty_does_not_train_positions():
+  target = np.zeros((1, 1, 1, 2))
+  grad = jax.grad(lambda p: _loss(p, target, np.zeros((1, 1, 1), bool), expected_dist=jnp.ones((1, 1, 1)))[2])(
+      jnp.full((1, 1, 1, 2), 7.0))
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_tapir_loss_sums_every_estimate_with_equal_weight():
+  target = np.zeros((1, 1, 1, 2), np.float32)
+  occluded = np.zeros((1, 1, 1), bool)
+  estimate = lambda e: jnp.asarray([[[[e, 0.0]]]], jnp.float32)
+  zeros = jnp.zeros((1, 1, 1))
+  outputs = dict(tracks=estimate(1.0), occlusion=zeros, expected_dist=zeros,
+                 unrefined_tracks=[estimate(2.0), estimate(3.0)], unrefined_occlusion=[zeros, zeros],
+                 unrefined_expected_dist=[zeros, zeros])
+  terms = losses.tapir_loss(outputs, target, occluded, SHAPE_256)
+  np.testing.assert_allclose(terms.position, [0.5, 2.0, 4.5])
+  np.testing.assert_allclose(terms.total, 0.05 * 7.0 + 3 * np.log(2) + 3 * np.log(2), rtol=1e-6)
