@@ -1,0 +1,58 @@
+r"""Track points through a video and write it with the tracks painted on.
+
+    python -m experiments.track --video in.mp4 --checkpoint checkpoints/tapir_checkpoint_panning.npy \
+        --grid 16 --out out.mp4 --save tracks.npz
+    python -m experiments.track --video in.mp4 --checkpoint checkpoints/causal_tapir_checkpoint.npy \
+        --preset causal_tapir --online --points "0,120.5,64.5;10,40,200" --out out.mp4
+    python -m experiments.track --video in.mp4 --checkpoint ... --mask mask.png --mask_frame 0 --out out.mp4
+
+Queries come from exactly one of --grid (N x N on frame 0), --points ("t,y,x;..." in the video's pixels) and
+--mask (a grid inside the nonzero pixels of an image the size of a frame). Get the weights with
+`bash scripts/download_checkpoints.sh checkpoints`. The work happens in `tapir.track_video.track_file`.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+import tapir
+from tapir import track_video
+
+_VIDEO = flags.DEFINE_string('video', None, 'input video file', required=True)
+_OUT = flags.DEFINE_string('out', None, 'output video with the tracks painted on (input size and fps)')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'released .npy checkpoint (scripts/download_checkpoints.sh)')
+_PRESET = flags.DEFINE_enum('preset', 'tapir', sorted(tapir.PRESETS), 'architecture of the checkpoint')
+_GRID = flags.DEFINE_integer('grid', None, 'track an N x N grid of points from frame 0')
+_POINTS = flags.DEFINE_string('points', None, 'query points "t,y,x;t,y,x" (frame, row, column in pixels)')
+_MASK = flags.DEFINE_string('mask', None, 'image the size of a frame; query a grid inside its nonzero pixels')
+_MASK_FRAME = flags.DEFINE_integer('mask_frame', 0, 'frame the --mask belongs to')
+_ONLINE = flags.DEFINE_bool('online', False, 'stream frame by frame with a causal model (causal presets)')
+_RESIZE = flags.DEFINE_integer('resize', 256, 'square size the model runs at; 0 = the video\'s own size')
+_SAVE = flags.DEFINE_string('save', None, '.npz for tracks [n, t, 2] (x, y), visible [n, t], query_points [n, 3]')
+_CHUNK = flags.DEFINE_integer('query_chunk_size', 64, 'queries per model call (offline)')
+_TRAIL = flags.DEFINE_integer('trail', 8, 'frames of fading trail behind each point')
+_RANDOM = flags.DEFINE_bool('random_weights', False, 'run untrained weights when no --checkpoint (testing only)')
+_OVERRIDES = flags.DEFINE_string('model_overrides', None,
+                                 'JSON object of TAPIR arguments on top of the preset, e.g. {"num_mixer_blocks": 1}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _OUT.value and not _SAVE.value:
+    raise app.UsageError('nothing to write: pass --out and/or --save')
+  if _CHECKPOINT.value is None and not _RANDOM.value:
+    sys.exit(f'error: {track_video.NEED_WEIGHTS}')
+  try:
+    track_video.track_file(
+        _VIDEO.value, _OUT.value, _CHECKPOINT.value, _PRESET.value, grid=_GRID.value, points=_POINTS.value,
+        mask=_MASK.value, mask_frame=_MASK_FRAME.value, online=_ONLINE.value, resize=_RESIZE.value,
+        save_path=_SAVE.value, query_chunk_size=_CHUNK.value, random_weights=_RANDOM.value,
+        model_overrides=_OVERRIDES.value, trail=_TRAIL.value)
+  except (ValueError, FileNotFoundError) as e:  # bad inputs: name the problem without a traceback
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)
