@@ -43,10 +43,22 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
   return _to_numpy_tree(params), _to_numpy_tree(content.get('state') or {})
 
 
+MODEL_KWARGS_KEY = 'tapir_model_kwargs'  # optional extra entry: the constructor settings, for our own checkpoints
+
+
+def read_model_kwargs(path: str | os.PathLike) -> dict[str, Any] | None:
+  """The `tapir.TAPIR` settings stored in a checkpoint we wrote (None for the released checkpoints)."""
+  content = np.load(os.fspath(path), allow_pickle=True).item()
+  kwargs = content.get(MODEL_KWARGS_KEY)
+  return None if kwargs is None else dict(kwargs)
+
+
 def save_checkpoint(path: str | os.PathLike, params: Params, state: Params | None = None, **extra) -> None:
   """Writes params/state in the official format (atomically: a temporary file renamed into place).
 
-  `extra` entries (e.g. `global_step`) are stored beside 'params' and 'state' as the reference trainer does.
+  `extra` entries (e.g. `global_step`, or `tapir_model_kwargs`, the constructor settings that make the file
+  self-describing) are stored beside 'params' and 'state', as the reference trainer stores its extras; the
+  reference loader reads only 'params' and 'state'.
   """
   path = os.fspath(path)
   content = {'params': _to_numpy_tree(jax.device_get(params)), 'state': _to_numpy_tree(jax.device_get(state or {}))}

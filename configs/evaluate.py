@@ -1,0 +1,44 @@
+r"""Evaluation on TAP-Vid and on the built-in synthetic set.
+
+Built-in synthetic set (no download; 30 held-out 24-frame 256x256 scenes), a checkpoint against the zero-motion
+baseline:
+  python -m experiments.evaluate --config configs/evaluate.py --workdir /tmp/tapir_eval \
+      --config.checkpoint=/tmp/tapir_cpu/tapir_checkpoint.npy --config.preset=''
+  (with no checkpoint only the zero-motion baseline is scored.)
+
+TAP-Vid-DAVIS with the released TAPIR (after scripts/download_checkpoints.sh and scripts/download_tapvid.sh):
+  python -m experiments.evaluate --config configs/evaluate.py:davis --workdir /tmp/tapir_eval \
+      --config.checkpoint=checkpoints/tapir_checkpoint_panning.npy \
+      --config.path=tapvid/tapvid_davis/tapvid_davis.pkl
+  Expect (TAPIR paper / released checkpoint, 256x256): 'first' AJ ~ 56-63, 'strided' AJ ~ 62-66.
+
+Fields: `dataset` ('synthetic', 'davis', 'rgb_stacking', 'kinetics', 'robotap', 'csv', 'npz') and its `path`
+(`video_dir` too for 'csv'); `query_modes`; `checkpoint` and `preset` (or '' to read the architecture off the
+checkpoint); `resolution` the model runs at; `full_resolution` runs at each video's own size instead (predictions
+rescaled to 256x256 for scoring, reported separately as the benchmark requires).
+Writes per-video metrics (JSON, CSV) and a results table (markdown, LaTeX) to the workdir.
+"""
+
+import ml_collections
+
+
+def get_config(preset: str = '') -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.checkpoint = ''
+  c.preset = 'tapir'  # tapir.PRESETS key, or '' to infer the architecture from the checkpoint
+  c.model_overrides = ml_collections.ConfigDict(dict(initial_resolution=(256, 256)))
+  c.dataset = 'synthetic'
+  c.path = ''
+  c.video_dir = ''  # for the csv format
+  c.query_modes = ('first', 'strided')
+  c.resolution = (256, 256)
+  c.full_resolution = False
+  c.query_chunk_size = 64
+  c.baselines = ('zero_motion',)
+  c.synthetic = ml_collections.ConfigDict(dict(num_videos=30, num_frames=24, size=(256, 256), tracks=256))
+  if preset in ('davis', 'rgb_stacking', 'kinetics', 'robotap'):
+    c.dataset = preset
+  elif preset:
+    raise ValueError(f'unknown preset {preset!r}: use davis, rgb_stacking, kinetics or robotap')
+  c.lock()
+  return c
