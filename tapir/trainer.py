@@ -73,8 +73,9 @@ class _Checkpointer:
 
 
 def _replicate(tree):
-  devices = jax.local_devices()
-  return jax.device_put_replicated(tree, devices)
+  """One copy per local device, stacked on a leading axis (what pmap takes)."""
+  n = jax.local_device_count()
+  return jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * n), tree)
 
 
 def _host_metrics(metrics) -> dict[str, float]:

@@ -1,0 +1,202 @@
+"""Training: optimiser rules, the pmapped step, the runner, resume, multi-device and multi-process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tapir
+from configs import tapir as tapir_configs
+from tapir import trainer
+from tapir import training
+from tests.conftest import REPO
+
+
+def _tiny(**overrides):
+  config = tapir_configs.get_config('tiny')
+  with config.unlocked():
+    for key, value in overrides.items():
+      target = config
+      *path, last = key.split('.')
+      for p in path:
+        target = target[p]
+      target[last] = value
+  return config
+
+
+def _fixed_batch(config, devices=1, seed=0):
+  rng = np.random.default_rng(seed)
+  b, t, n = config.data.per_device_batch, config.data.num_frames, config.data.tracks_per_clip
+  h, w = config.data.train_size
+  video = rng.uniform(-1, 1, (devices, b, t, h, w, 3)).astype(np.float32)
+  queries = np.stack([rng.integers(0, t, (devices, b, n)), rng.uniform(0, h, (devices, b, n)),
+                      rng.uniform(0, w, (devices, b, n))], -1).astype(np.float32)
+  targets = np.repeat(queries[..., None, 2:0:-1], t, axis=-2) + rng.normal(0, 1, (devices, b, n, t, 2))
+  return dict(video=video, query_points=queries, target_points=targets.astype(np.float32),
+              occluded=rng.uniform(size=(devices, b, n, t)) < 0.2)
+
+
+def test_weight_decay_mask_follows_the_reference_rule():
+  params = {'tapir/~/resnet/~/block_group_0/~/block_0/~/instancenorm_0': {'scale': 0, 'offset': 0},
+            'tapir/~/pips_mlp_mixer/block/layer_norm': {'scale': 0},
+            'tapir/~/pips_mlp_mixer/linear': {'w': 0, 'b': 0}}
+  mask = training.weight_decay_mask(params)
+  assert mask['tapir/~/resnet/~/block_group_0/~/block_0/~/instancenorm_0'] == {'scale': True, 'offset': True}
+  assert mask['tapir/~/pips_mlp_mixer/block/layer_norm'] == {'scale': False}
+  assert mask['tapir/~/pips_mlp_mixer/linear'] == {'w': True, 'b': False}
+
+
+def test_schedule_and_first_update():
+  config = _tiny().optimizer
+  with config.unlocked():
+    config.update(warmup_steps=10, training_steps=110, learning_rate=1e-3)
+  schedule = training.learning_rate_schedule(config)
+  np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(60), schedule(110)],
+                             [0, 5e-4, 1e-3, 5e-4, 0], atol=1e-9)
+  params = {'m/linear': {'w': jnp.ones(3)}}
+  optimizer = training.make_optimizer(config)
+  state = optimizer.init(params)
+  updates, state = optimizer.update({'m/linear': {'w': jnp.ones(3)}}, state, params)
+  np.testing.assert_array_equal(updates['m/linear']['w'], 0.0)  # lr(0) = 0
+  bad, state2 = optimizer.update({'m/linear': {'w': jnp.full(3, jnp.nan)}}, state, params)
+  np.testing.assert_array_equal(bad['m/linear']['w'], 0.0)
+  assert int(training.nonfinite_count(state2)) == 1
+  assert int(state2.inner_state[2].count) == int(state.inner_state[2].count)  # schedule frozen
+
+
+def test_loss_decreases_on_a_fixed_batch():
+  config = _tiny(**{'optimizer.warmup_steps': 1, 'optimizer.learning_rate': 3e-3, 'training_steps': 100})
+  model = training.make_model(trainer.model_kwargs(config), config.train_chunk_size)
+  optimizer = training.make_optimizer(config.optimizer)
+  batch = _fixed_batch(config)
+  state = jax.pmap(training.make_init(model, optimizer), axis_name=training.AXIS)(
+      jax.random.PRNGKey(0)[None], batch)
+  step = jax.pmap(training.make_train_step(model, optimizer, config.loss), axis_name=training.AXIS)
+  losses = []
+  for _ in range(20):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss'][0]))
+  assert np.isfinite(losses).all() and np.mean(losses[-3:]) < 0.8 * losses[0], losses
+
+
+def test_runner_smoke_resume_and_export(tmp_path):
+  """The real runner for 2 steps, then pre-empted-and-resumed equals uninterrupted."""
+  config = _tiny(**{'training_steps': 4, 'checkpoint_every_steps': 2, 'eval.every_steps': 4})
+  straight = trainer.train_and_evaluate(config, str(tmp_path / 'straight'))
+  assert straight['step'] == 4 and np.isfinite(straight['metrics']['loss'])
+  assert 'average_jaccard' in straight['eval']
+  exported = straight['exported']
+  params, _ = tapir.load_checkpoint(exported)
+  assert tapir.checkpoint.read_model_kwargs(exported) == trainer.model_kwargs(config)
+
+  first = trainer.train_and_evaluate(config, str(tmp_path / 'resumed'), stop_at=2)
+  assert first['step'] == 2 and first['exported'] is None
+  resumed = trainer.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert resumed['step'] == 4
+  for a, b in zip(jax.tree_util.tree_leaves(resumed['state'].params), jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_absl_runner_two_steps(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.train', '--config', 'configs/tapir.py:tiny', '--workdir',
+       str(tmp_path), '--config.eval.every_steps=100'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / 'tapir_checkpoint.npy').exists()
+  history = [json.loads(line) for line in (tmp_path / 'train_history.json').read_text().splitlines()]
+  assert [h['step'] for h in history] == [1, 2]
+  bad = subprocess.run([sys.executable, '-m', 'experiments.train', '--config', 'configs/tapir.py:tiny',
+                        '--workdir', str(tmp_path), '--config.no_such_field=1'],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and 'no_such_field' in bad.stderr
+
+
+_MULTI_DEVICE = textwrap.dedent('''
+    import jax, numpy as np
+    from tests.test_training import _tiny, _fixed_batch
+    from tapir import trainer, training
+    assert jax.local_device_count() == 2
+    config = _tiny(**{'model.normalization': 'batchnorm', 'data.per_device_batch': 2, 'train_chunk_size': 64,
+                      'optimizer.warmup_steps': 1})
+    model = training.make_model(trainer.model_kwargs(config), config.train_chunk_size)
+    optimizer = training.make_optimizer(config.optimizer)
+    two = _fixed_batch(config, devices=2)
+    one = {k: v.reshape((1, -1) + v.shape[2:]) for k, v in two.items()}
+    def run(batch, devices, steps):
+      init = jax.pmap(training.make_init(model, optimizer), axis_name='i', devices=devices)
+      state = init(jax.numpy.stack([jax.random.PRNGKey(0)] * len(devices)), batch)
+      step = jax.pmap(training.make_train_step(model, optimizer, config.loss), axis_name='i', devices=devices)
+      for _ in range(steps):
+        state, metrics = step(state, batch)
+      return state, metrics
+    state2, metrics2 = run(two, jax.devices(), 2)
+    for leaf in jax.tree_util.tree_leaves((state2.params, state2.state)):
+      np.testing.assert_array_equal(leaf[0], leaf[1])  # replicas stay identical
+    state1, metrics1 = run(one, jax.devices()[:1], 2)
+    for key in ('loss', 'gradient_norm'):  # the averaged gradient is the global-batch gradient
+      np.testing.assert_allclose(metrics2[key][0], metrics1[key][0], rtol=1e-4)
+    # Adam divides by the gradient's own magnitude, so elements whose gradient is ~0 (float noise; e.g. the bias
+    # before the heatmap softmax) can move by up to +-lr either way. Everything else must agree.
+    total = off = 0
+    for module, leaves in state2.params.items():
+      for name, a in leaves.items():
+        diff = np.abs(np.asarray(a[0]) - np.asarray(state1.params[module][name][0]))
+        assert diff.max() <= 2.1e-3, (module, name, diff.max())
+        off += int((diff > 2e-5 + 1e-3 * np.abs(np.asarray(a[0]))).sum())
+        total += diff.size
+    assert off <= 1e-4 * total, (off, total)
+    for a, b in zip(jax.tree_util.tree_leaves(state2.state), jax.tree_util.tree_leaves(state1.state)):
+      np.testing.assert_allclose(a[0], b[0], atol=1e-5, rtol=1e-4)  # batch-norm EMAs of the global batch
+    print('OK')
+''')
+
+
+def test_two_devices_equal_one_device_on_the_global_batch():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(REPO))
+  result = subprocess.run([sys.executable, '-c', _MULTI_DEVICE], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-4000:]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_identically(tmp_path):
+  port = _free_port()
+  procs = []
+  for rank in range(2):
+    out = tmp_path / f'params_{rank}.npz'
+    code = textwrap.dedent(f'''
+        import numpy as np, jax
+        from tests.test_training import _tiny
+        from tapir import trainer
+        config = _tiny(**{{'training_steps': 2, 'distributed.initialize': True,
+                           'distributed.coordinator_address': 'localhost:{port}', 'distributed.num_processes': 2,
+                           'distributed.process_id': {rank}, 'distributed.cpu_collectives': 'gloo',
+                           'eval.every_steps': 100}})
+        result = trainer.train_and_evaluate(config, {str(tmp_path / 'work')!r}, evaluate_fn=lambda *a: {{}})
+        assert jax.process_count() == 2
+        leaves = jax.tree_util.tree_leaves(result['state'].params)
+        np.savez({str(out)!r}, *leaves)
+    ''')
+    procs.append(subprocess.Popen([sys.executable, '-c', code], cwd=REPO, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO))))
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-4000:]
+  a, b = np.load(tmp_path / 'params_0.npz'), np.load(tmp_path / 'params_1.npz')
+  assert a.files == b.files and len(a.files) > 10
+  for key in a.files:
+    np.testing.assert_array_equal(a[key], b[key])
