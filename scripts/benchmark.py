@@ -1,0 +1,193 @@
+r"""Speed and memory benchmark: offline forward, online step, training step. Writes a markdown table.
+
+    python scripts/benchmark.py --out benchmark.md              # the default suite (full-size TAPIR, ~10 min on CPU)
+    python scripts/benchmark.py --suite quick --out quick.md    # small settings, a minute
+
+Each case runs in its own process, so "peak memory" is that process's peak resident set size (model, inputs,
+XLA buffers and compilation included). Times are the median of `--repeats` runs after one warm-up (compile) run;
+the compile time is reported separately. Random weights: speed does not depend on the values.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+CASES = {
+    'default': [
+        # kind, frames, size, points, extra
+        dict(kind='offline', frames=24, size=256, points=256),  # the reference comparison point
+        dict(kind='offline', frames=24, size=256, points=256, dense=True),
+        dict(kind='offline', frames=24, size=256, points=64),
+        dict(kind='offline', frames=48, size=256, points=256),
+        dict(kind='offline', frames=24, size=256, points=1024),
+        dict(kind='offline', frames=24, size=512, points=256),
+        dict(kind='offline', frames=96, size=256, points=256, feature_chunk=16),
+        dict(kind='online', frames=16, size=256, points=256),
+        dict(kind='train', frames=24, size=256, points=256, batch=1),
+        dict(kind='train_cpu_preset'),
+    ],
+    'quick': [
+        dict(kind='offline', frames=8, size=128, points=64),
+        dict(kind='online', frames=8, size=128, points=64),
+        dict(kind='train_cpu_preset'),
+    ],
+}
+
+
+def _median(xs):
+  xs = sorted(xs)
+  return xs[len(xs) // 2]
+
+
+def run_case(case: dict, repeats: int) -> dict:
+  """Runs one case in this process and returns its measurements."""
+  import haiku as hk  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  import tapir
+  from tapir import inference
+  from tapir import training
+
+  rng = np.random.default_rng(0)
+  kind = case['kind']
+  if kind == 'train_cpu_preset':
+    from configs import tapir as tapir_configs  # pylint: disable=g-import-not-at-top
+    config = tapir_configs.get_config('cpu')
+    kwargs = dict(config.model)
+    kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
+    frames, size, points, batch = (config.data.num_frames, config.data.train_size[0], config.data.tracks_per_clip,
+                                   config.data.per_device_batch)
+    chunk = config.train_chunk_size
+  else:
+    kwargs = dict(pyramid_level=0, bilinear_interp_with_depthwise_conv=case.get('dense', False),
+                  feature_extractor_chunk_size=case.get('feature_chunk'), use_causal_conv=kind == 'online')
+    frames, size, points, batch = case['frames'], case['size'], case['points'], case.get('batch', 1)
+    chunk = case.get('chunk', 64)
+
+  video = jnp.asarray(rng.uniform(-1, 1, (batch, frames, size, size, 3)).astype(np.float32))
+  queries = np.stack([rng.integers(0, frames, (batch, points)), rng.uniform(0, size, (batch, points)),
+                      rng.uniform(0, size, (batch, points))], -1).astype(np.float32)
+  queries = jnp.asarray(queries)
+
+  if kind == 'offline':
+    params, state = inference.init_params(kwargs)
+    apply = jax.jit(hk.transform_with_state(
+        lambda v, q: tapir.TAPIR(**kwargs)(v, False, q, query_chunk_size=chunk)).apply)
+    run = lambda: apply(params, state, None, video, queries)[0]
+  elif kind == 'online':
+    tracker = tapir.OnlineTracker(*inference.init_params(kwargs), kwargs, resize_to=None)
+    frames_u8 = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+    tracker.start(frames_u8[0], np.asarray(queries[0, :, 1:]))
+    run = lambda: tracker.step(frames_u8[1])
+  else:
+    model = training.make_model(kwargs, chunk)
+
+    class Opt:  # the training optimiser settings
+      learning_rate, warmup_steps, training_steps = 1e-3, 10, 100
+      adam_b1, adam_b2, adam_eps, weight_decay = 0.9, 0.95, 1e-8, 0.1
+      max_consecutive_nonfinite, reference_eps_scaling = 5, False
+
+    class Loss:
+      position_loss_weight, huber_delta, expected_dist_threshold = 0.05, 4.0, 6.0
+
+    optimizer = training.make_optimizer(Opt)
+    batch_arrays = dict(video=video[None], query_points=queries[None],
+                        target_points=jnp.zeros((1, batch, points, frames, 2)),
+                        occluded=jnp.zeros((1, batch, points, frames), bool))
+    train_state = jax.pmap(training.make_init(model, optimizer), axis_name=training.AXIS)(
+        jax.random.PRNGKey(0)[None], batch_arrays)
+    step = jax.pmap(training.make_train_step(model, optimizer, Loss), axis_name=training.AXIS)
+    holder = [train_state]
+
+    def run():
+      holder[0], metrics = step(holder[0], batch_arrays)
+      return metrics
+
+  start = time.perf_counter()
+  jax.block_until_ready(run())
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    times.append(time.perf_counter() - start)
+  steady = _median(times)
+  peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return dict(case=case, frames=frames, size=size, points=points, batch=batch, seconds=steady,
+              compile_seconds=max(first - steady, 0.0), peak_mb=peak_mb)
+
+
+def describe_machine() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return (f'{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}, '
+          f'python {platform.python_version()}')
+
+
+def _label(r) -> str:
+  c = r['case']
+  kind = c['kind']
+  if kind == 'train_cpu_preset':
+    return 'train step, `configs/tapir.py:cpu`'
+  extra = []
+  if c.get('dense'):
+    extra.append('dense patches')
+  if c.get('feature_chunk'):
+    extra.append(f'feature chunks of {c["feature_chunk"]}')
+  what = {'offline': 'offline forward', 'online': 'online step (1 frame)', 'train': 'train step'}[kind]
+  return what + (f' ({", ".join(extra)})' if extra else '')
+
+
+def to_markdown(results, machine: str) -> str:
+  lines = [f'Machine: {machine}', '',
+           '| case | batch × frames × size² × points | time (s) | compile (s) | peak memory (GB) |',
+           '|---|---|---|---|---|']
+  for r in results:
+    if 'error' in r:
+      lines.append(f'| {r["case"]} | | failed: {r["error"][:80]} | | |')
+      continue
+    lines.append(f'| {_label(r)} | {r["batch"]} × {r["frames"]} × {r["size"]}² × {r["points"]} | '
+                 f'{r["seconds"]:.2f} | {r["compile_seconds"]:.1f} | {r["peak_mb"] / 1024:.1f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--suite', default='default', choices=sorted(CASES))
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--out', default='benchmark.md')
+  parser.add_argument('--single', help=argparse.SUPPRESS)  # internal: run one case, print JSON
+  args = parser.parse_args()
+  if args.single:
+    print('RESULT ' + json.dumps(run_case(json.loads(args.single), args.repeats)))
+    return
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  results = []
+  for case in CASES[args.suite]:
+    proc = subprocess.run([sys.executable, __file__, '--single', json.dumps(case), '--repeats', str(args.repeats)],
+                          capture_output=True, text=True, env=env, cwd=repo)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith('RESULT ')), None)
+    result = json.loads(line[7:]) if line else dict(case=case, error=proc.stderr.strip().splitlines()[-1:])
+    results.append(result)
+    print(json.dumps(result), flush=True)
+  table = to_markdown(results, describe_machine())
+  with open(args.out, 'w') as f:
+    f.write(table)
+  print(table)
+
+
+if __name__ == '__main__':
+  main()
