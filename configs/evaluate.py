@@ -6,6 +6,10 @@ baseline:
       --config.checkpoint=/tmp/tapir_cpu/tapir_checkpoint.npy --config.preset=''
   (with no checkpoint only the zero-motion baseline is scored.)
 
+The model trained by the README's main command (configs/tapir.py:cpu; it runs at 64x64), on 50 held-out
+8-frame scenes rendered and scored at 256x256:
+  python -m experiments.evaluate --config configs/evaluate.py:cpu --workdir /tmp/tapir_cpu/eval
+
 TAP-Vid-DAVIS with the released TAPIR (after scripts/download_checkpoints.sh and scripts/download_tapvid.sh):
   python -m experiments.evaluate --config configs/evaluate.py:davis --workdir /tmp/tapir_eval \
       --config.checkpoint=checkpoints/tapir_checkpoint_panning.npy \
@@ -38,7 +42,13 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.synthetic = ml_collections.ConfigDict(dict(num_videos=30, num_frames=24, size=(256, 256), tracks=256))
   if preset in ('davis', 'rgb_stacking', 'kinetics', 'robotap'):
     c.dataset = preset
+  elif preset == 'cpu':
+    # The model of `configs/tapir.py:cpu` on held-out synthetic clips like its training data (8 frames, 64x64).
+    c.checkpoint = '/tmp/tapir_cpu/tapir_checkpoint.npy'
+    c.preset = ''
+    c.resolution = (64, 64)
+    c.synthetic.update(num_videos=50, num_frames=8)  # rendered and scored at 256x256
   elif preset:
-    raise ValueError(f'unknown preset {preset!r}: use davis, rgb_stacking, kinetics or robotap')
+    raise ValueError(f'unknown preset {preset!r}: use davis, rgb_stacking, kinetics, robotap or cpu')
   c.lock()
   return c

@@ -44,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
       blocks_per_group=(2, 2, 2, 2),
       initial_resolution=(256, 256),
       normalization='batchnorm',  # cross-replica over the pmap axis
-      bilinear_interp_with_depthwise_conv=False,
+      bilinear_interp_with_depthwise_conv=True,  # dense patches: the TPU formulation; also faster to train on CPU
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(
@@ -87,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
       path='',
       query_mode='strided',
       num_videos=20,  # synthetic set size
+      synthetic_size=(256, 256),  # synthetic videos are rendered and scored at TAP-Vid's 256x256
+      tracks=256,  # synthetic tracks per video (before de-duplication)
       chunk_size=16,
   ))
 
@@ -113,17 +115,15 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.eval.every_steps = 1_000
   elif preset in ('cpu', 'tiny'):
-    # Dense patch correlation: its backward pass is much faster than the gather's scatter on CPU.
     c.model.update(normalization='instancenorm', mixer_hidden_dim=64, num_mixer_blocks=2,
-                   blocks_per_group=(1, 1, 1, 1), initial_resolution=(64, 64),
-                   bilinear_interp_with_depthwise_conv=True)
+                   blocks_per_group=(1, 1, 1, 1), initial_resolution=(64, 64))
     c.data.update(source='synthetic', per_device_batch=4, num_frames=8, train_size=(64, 64),
                   tracks_per_clip=64, shuffle_buffer=16, random_crop=False)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=50)
-    c.training_steps = 400
+    c.training_steps = 1000
     c.log_every_steps = 20
-    c.checkpoint_every_steps = 100
-    c.eval.update(every_steps=200, num_videos=20, chunk_size=64)
+    c.checkpoint_every_steps = 250
+    c.eval.update(every_steps=250, num_videos=20, chunk_size=128)
     c.train_chunk_size = 64
     if preset == 'tiny':
       c.model.update(mixer_hidden_dim=16, num_mixer_blocks=1, num_pips_iter=2, initial_resolution=(32, 32))
@@ -133,7 +133,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
       c.optimizer.warmup_steps = 1
       c.log_every_steps = 1
       c.checkpoint_every_steps = 2
-      c.eval.update(every_steps=2, num_videos=1)
+      c.eval.update(every_steps=2, num_videos=1, synthetic_size=(32, 32), tracks=8)
   elif preset:
     raise ValueError(f'unknown preset {preset!r}; choose released, causal, bootstapir, finetune, cpu or tiny')
   c.lock()

@@ -21,6 +21,7 @@ import numpy as np
 
 from tapir import checkpoint as checkpoint_lib
 from tapir import training
+from tapir import viz
 
 Batch = Mapping[str, np.ndarray]
 
@@ -97,6 +98,8 @@ def train_and_evaluate(
     train_data: `start_step -> iterator of batches` ([local_devices, per_device_batch, ...] arrays); default
       from `config.data` (`tapir.data.sources.train_batches`).
     evaluate_fn: `(params, state, step) -> metrics`; default `tapir.data.sources.make_evaluator(config)`.
+      Values that are uint8 [h, w, 3] arrays are images: written to TensorBoard and to
+      `workdir/summaries/<key>_<step>.png`.
     stop_at: stop after this step as if pre-empted (checkpointing it); calling again resumes.
   Returns:
     a summary: final step, last logged metrics, last evaluation metrics, path of the exported .npy.
@@ -134,7 +137,6 @@ def train_and_evaluate(
 
   step_fn = jax.pmap(training.make_train_step(model, optimizer, config.loss), axis_name=training.AXIS,
                      donate_argnums=(0,))
-  history = []
   metrics = {}
   eval_metrics = {}
   batch = first_batch
@@ -157,7 +159,8 @@ def train_and_evaluate(
                      'ETA %s', step, config.training_steps, metrics['loss'], metrics['position_loss'],
                      metrics['occlusion_loss'], metrics['uncertainty_loss'], rate,
                      _format_seconds((config.training_steps - step) / max(rate, 1e-9)))
-        history.append({'step': step, **metrics})
+        with open(os.path.join(workdir, 'train_history.json'), 'a') as f:  # one JSON row per log line
+          f.write(json.dumps({'step': step, **metrics}) + '\n')
         if writer:
           for key, value in metrics.items():
             writer.add_scalar(f'train/{key}', value, step)
@@ -165,13 +168,21 @@ def train_and_evaluate(
       checkpointer.save(step, training.unreplicate(state))
     if evaluate_fn is not None and (step % config.eval.every_steps == 0 or step == config.training_steps):
       host = training.unreplicate(state)
-      eval_metrics = dict(evaluate_fn(host.params, host.state, step))
+      evaluated = dict(evaluate_fn(host.params, host.state, step))
+      images = {k: v for k, v in evaluated.items() if isinstance(v, np.ndarray) and v.ndim == 3}
+      eval_metrics = {k: v for k, v in evaluated.items() if k not in images}
       if is_chief:
         logging.info('step %d evaluation: %s', step, json.dumps(eval_metrics, sort_keys=True))
+        with open(os.path.join(workdir, 'eval_history.json'), 'a') as f:
+          f.write(json.dumps({'step': step, **eval_metrics}) + '\n')
+        for key, image in images.items():
+          viz.save_image(os.path.join(workdir, 'summaries', f'{key}_{step:07d}.png'), image)
         if writer:
           for key, value in eval_metrics.items():
             if isinstance(value, (int, float)):
               writer.add_scalar(f'eval/{key}', value, step)
+          for key, image in images.items():
+            writer.add_image(f'eval/{key}', image, step, dataformats='HWC')
     if step < last_step:
       batch = next(batches)
 
@@ -182,10 +193,6 @@ def train_and_evaluate(
     exported = os.path.join(workdir, 'tapir_checkpoint.npy')
     checkpoint_lib.save_checkpoint(exported, host.params, host.state, global_step=step,
                                    **{checkpoint_lib.MODEL_KWARGS_KEY: kwargs})
-  if is_chief:
-    with open(os.path.join(workdir, 'train_history.json'), 'a') as f:
-      for row in history:
-        f.write(json.dumps(row) + '\n')
   if writer:
     writer.close()
   return dict(step=step, metrics=metrics, eval=eval_metrics, exported=exported, state=host)

@@ -155,6 +155,19 @@ def compare_tracks(video: np.ndarray,  # [t, h, w, 3] uint8
   return side_by_side(pred, gt)
 
 
+def track_strip(video: np.ndarray,  # [t, h, w, 3] uint8
+                pred_tracks: np.ndarray,  # [n, t, 2] (x, y)
+                pred_visible: np.ndarray,  # [n, t] bool
+                gt_tracks: np.ndarray,  # [n, t, 2] (x, y)
+                gt_visible: np.ndarray,  # [n, t] bool
+                num_frames: int = 4) -> np.ndarray:  # [num_frames * h, 2 * w, 3] uint8
+  """A summary image: `num_frames` evenly spaced frames (rows), prediction left and ground truth right."""
+  t = np.asarray(video).shape[0]
+  frames = np.unique(np.linspace(0, t - 1, min(num_frames, t)).round().astype(int))
+  painted = compare_tracks(video, pred_tracks, pred_visible, gt_tracks, gt_visible)[frames]
+  return contact_sheet(painted, columns=1, labels=[f'frame {f}: prediction | ground truth' for f in frames])
+
+
 def contact_sheet(frames: np.ndarray,  # [k, h, w, 3] uint8
                   columns: int,
                   labels: Sequence[str] | None = None) -> np.ndarray:  # [rows * h, columns * w, 3] uint8

@@ -93,6 +93,8 @@ def test_runner_smoke_resume_and_export(tmp_path):
   straight = trainer.train_and_evaluate(config, str(tmp_path / 'straight'))
   assert straight['step'] == 4 and np.isfinite(straight['metrics']['loss'])
   assert 'average_jaccard' in straight['eval']
+  assert (tmp_path / 'straight' / 'summaries' / 'tracks_image_0000004.png').exists()  # the eval image strip
+  assert 'tracks_image' not in straight['eval']
   exported = straight['exported']
   params, _ = tapir.load_checkpoint(exported)
   assert tapir.checkpoint.read_model_kwargs(exported) == trainer.model_kwargs(config)

@@ -18,8 +18,9 @@ import jax
 import numpy as np
 
 from tapir.data import kubric
+from tapir.data import validation
 
-EXAMPLE_KEYS = ('video', 'query_points', 'target_points', 'occluded')
+EXAMPLE_KEYS = validation.EXAMPLE_KEYS
 
 
 def flatten(example: Mapping[str, Any], prefix: str = '') -> dict[str, np.ndarray]:

@@ -21,14 +21,16 @@ from absl import logging
 import jax
 import numpy as np
 
+from tapir.data import validation
+
 Batch = dict[str, np.ndarray]
-EXAMPLE_KEYS = ('video', 'query_points', 'target_points', 'occluded')
+EXAMPLE_KEYS = validation.EXAMPLE_KEYS
 
 
-def scene_config(config):
-  """The synthetic SceneConfig matching the training clip size."""
+def scene_config(config, size=None):
+  """The synthetic SceneConfig matching the training clips (at `size` (h, w) if given)."""
   from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
-  h, w = config.data.train_size
+  h, w = size or config.data.train_size
   return synthetic.SceneConfig(height=h, width=w, num_frames=config.data.num_frames,
                                num_static_objects=tuple(config.data.synthetic_static_objects),
                                num_dynamic_objects=tuple(config.data.synthetic_dynamic_objects))
@@ -37,15 +39,8 @@ def scene_config(config):
 def _track_example(scene: Mapping[str, np.ndarray], seed: int, tracks: int, random_crop: bool,
                    augment: bool) -> dict[str, np.ndarray]:
   """Kubric track conversion of one scene at its own size; the random choices are drawn from `seed`."""
-  from tapir.data import kubric  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(seed)
-  size = scene['video'].shape[1:3]
-  example = kubric.make_training_example(scene, rng, tracks_to_sample=tracks, random_crop=random_crop,
-                                         train_size=tuple(size))
-  example = {k: example[k] for k in EXAMPLE_KEYS}
-  if augment:
-    example['video'] = kubric.color_augment(example['video'], rng)
-  return example
+  from tapir.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.convert(scene, seed, tracks, scene['video'].shape[1:3], random_crop, augment)
 
 
 def synthetic_examples(config, start_index: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -68,7 +63,6 @@ def custom_examples(config) -> Iterable[Mapping[str, np.ndarray]]:
 
 
 def _batches(examples: Iterator[Mapping[str, np.ndarray]], config, validate: bool) -> Iterator[Batch]:
-  from tapir.data import validation  # pylint: disable=g-import-not-at-top
   devices = jax.local_device_count()
   per_device = config.data.per_device_batch
   while True:
@@ -159,8 +153,9 @@ def synthetic_evaluation_set(num_videos: int, query_mode: str, scenes=None, trac
 def evaluation_examples(config):
   """The examples `config.eval` names (a training config)."""
   if config.eval.dataset == 'synthetic':
-    return synthetic_evaluation_set(config.eval.num_videos, config.eval.query_mode, scene_config(config),
-                                    config.data.tracks_per_clip)
+    # Rendered at eval.synthetic_size (TAP-Vid scores at 256x256), the model runs at its own resolution.
+    return synthetic_evaluation_set(config.eval.num_videos, config.eval.query_mode,
+                                    scene_config(config, tuple(config.eval.synthetic_size)), config.eval.tracks)
   from tapir.data import tapvid  # pylint: disable=g-import-not-at-top
   return tapvid.open_dataset(config.eval.dataset, config.eval.path, config.eval.query_mode)
 
@@ -178,16 +173,52 @@ def model_predictor(params, state, model_kwargs: Mapping[str, Any], chunk_size: 
   return predict
 
 
-def make_evaluator(config) -> Callable[[Any, Any, int], dict[str, float]]:
-  """`(params, state, step) -> mean metrics` on `config.eval`'s dataset."""
+def make_evaluator(config) -> Callable[[Any, Any, int], dict[str, Any]]:
+  """`(params, state, step) -> mean metrics` on `config.eval`'s dataset, plus 'tracks_image'.
+
+  Also reports the zero-motion baseline's AJ, occlusion accuracy and <delta^x_avg> on the same videos
+  ('baseline_*'; computed once).
+
+  'tracks_image' (uint8 [h, w, 3]) paints the first video's predicted and ground-truth tracks side by side
+  (`tapir.viz.track_strip`); the trainer writes it to TensorBoard and the work directory.
+  """
   from tapir import evaluation  # pylint: disable=g-import-not-at-top
   from tapir import trainer  # pylint: disable=g-import-not-at-top
+  from tapir import viz  # pylint: disable=g-import-not-at-top
+
+  baseline = {}
 
   def evaluate(params, state, step):
     del step
     predict = model_predictor(params, state, trainer.model_kwargs(config), config.eval.chunk_size)
-    result = evaluation.evaluate(predict, evaluation_examples(config), config.eval.query_mode, progress=False)
-    return {k: float(v) for k, v in result.mean.items()}
+    first = []  # (example, tracks, occluded) of the first video
+
+    def remember(examples):
+      for example in examples:
+        if not first:
+          first.append(example)
+        yield example
+
+    def predict_and_remember(video, query_points):
+      tracks, occluded = predict(video, query_points)
+      if len(first) == 1:
+        first.extend([tracks, occluded])
+      return tracks, occluded
+
+    result = evaluation.evaluate(predict_and_remember, remember(evaluation_examples(config)),
+                                 config.eval.query_mode, progress=False)
+    out: dict[str, Any] = {k: float(v) for k, v in result.mean.items()}
+    if not baseline:  # the zero-motion baseline on the same videos, once
+      scored = evaluation.evaluate(evaluation.zero_motion_predictor, evaluation_examples(config),
+                                   config.eval.query_mode, progress=False)
+      baseline.update({'baseline_' + k: float(scored.mean[k]) for k in ('average_jaccard', 'occlusion_accuracy',
+                                                                          'average_pts_within_thresh')})
+    out.update(baseline)
+    if len(first) == 3:
+      example, tracks, occluded = first
+      out['tracks_image'] = viz.track_strip(example.video, tracks, ~occluded, example.target_points,
+                                            ~example.occluded)
+    return out
 
   return evaluate
 
