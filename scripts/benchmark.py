@@ -30,6 +30,7 @@ CASES = {
         dict(kind='online', frames=16, size=256, points=256),
         dict(kind='train', frames=24, size=256, points=256, batch=1),
         dict(kind='train_cpu_preset'),
+        dict(kind='train_cpu_preset', dense=False),
     ],
     'quick': [
         dict(kind='offline', frames=8, size=128, points=64),
@@ -62,6 +63,8 @@ def run_case(case: dict, repeats: int) -> dict:
     config = tapir_configs.get_config('cpu')
     kwargs = dict(config.model)
     kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
+    if 'dense' in case:
+      kwargs['bilinear_interp_with_depthwise_conv'] = case['dense']
     frames, size, points, batch = (config.data.num_frames, config.data.train_size[0], config.data.tracks_per_clip,
                                    config.data.per_device_batch)
     chunk = config.train_chunk_size
@@ -140,7 +143,7 @@ def _label(r) -> str:
   c = r['case']
   kind = c['kind']
   if kind == 'train_cpu_preset':
-    return 'train step, `configs/tapir.py:cpu`'
+    return 'train step, `configs/tapir.py:cpu`' + (' (gather patches)' if c.get('dense') is False else '')
   extra = []
   if c.get('dense'):
     extra.append('dense patches')

@@ -91,6 +91,17 @@ def _correlation_map_patches(
   return jnp.einsum('bntyh,bnthw,bntxw->bntyx', wy, corr, wx)
 
 
+# Which formulation `bilinear_interp_with_depthwise_conv=None` picks per JAX backend. CPU: the gather (offline
+# forward, 24 frames x 256^2 x 256 points: 11.8 s against 12.6 s dense; scripts/benchmark.py). TPU: the dense
+# one, which the official code provides for TPUs (gathers are slow there). GPU: the gather (not measured here).
+DENSE_BY_BACKEND = {'cpu': False, 'gpu': False, 'cuda': False, 'rocm': False, 'tpu': True}
+
+
+def default_dense() -> bool:
+  """The patch formulation for the current default JAX backend (see `DENSE_BY_BACKEND`)."""
+  return DENSE_BY_BACKEND.get(jax.default_backend(), False)
+
+
 def correlation_patches(
     grids: Sequence[jax.Array],  # each [b, t, h_g, w_g, c_g]
     queries: Sequence[jax.Array],  # each [b, n, t, c_g]

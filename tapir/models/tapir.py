@@ -107,7 +107,7 @@ class TAPIR(hk.Module):
 
   def __init__(
       self,
-      bilinear_interp_with_depthwise_conv: bool = False,
+      bilinear_interp_with_depthwise_conv: bool | None = None,
       num_pips_iter: int = 4,
       pyramid_level: int = 1,
       mixer_hidden_dim: int = 512,
@@ -132,6 +132,10 @@ class TAPIR(hk.Module):
       normalization: backbone normalisation, 'instancenorm' (released checkpoints) or 'batchnorm'
         (cross-replica over `cross_replica_axis`; see `tapir.models.resnet`), 'layernorm' or None.
       cross_replica_axis: the mapped axis name batch norm averages its statistics over (None: local batch).
+      bilinear_interp_with_depthwise_conv: the official switch between the two formulations of the 7x7
+        correlation patches (equal numbers): a gather of the patch pixels (False) or the full correlation map
+        contracted with separable bilinear weights (True). None (our default; the official default is False)
+        picks the faster for the JAX backend (`tapir.models.refinement.DENSE_BY_BACKEND`).
     """
     super().__init__(name=name)
     if patch_size != refinement.PATCH_WIDTH:
@@ -142,6 +146,8 @@ class TAPIR(hk.Module):
     _check_resolution(initial_resolution, 'initial_resolution')
     if feature_extractor_chunk_size is not None and feature_extractor_chunk_size < 1:
       raise ValueError(f'feature_extractor_chunk_size must be positive; got {feature_extractor_chunk_size}')
+    if bilinear_interp_with_depthwise_conv is None:
+      bilinear_interp_with_depthwise_conv = refinement.default_dense()
     self.bilinear_interp_with_depthwise_conv = bilinear_interp_with_depthwise_conv
     self.num_pips_iter = num_pips_iter
     self.pyramid_level = pyramid_level
