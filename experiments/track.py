@@ -28,7 +28,8 @@ _POINTS = flags.DEFINE_string('points', None, 'query points "t,y,x;t,y,x" (frame
 _MASK = flags.DEFINE_string('mask', None, 'image the size of a frame; query a grid inside its nonzero pixels')
 _MASK_FRAME = flags.DEFINE_integer('mask_frame', 0, 'frame the --mask belongs to')
 _ONLINE = flags.DEFINE_bool('online', False, 'stream frame by frame with a causal model (causal presets)')
-_RESIZE = flags.DEFINE_integer('resize', 256, 'square size the model runs at; 0 = the video\'s own size')
+_RESIZE = flags.DEFINE_integer('resize', None, 'square size the model runs at; 0 = the video\'s own size; default: '
+                               'the model\'s initial_resolution (256 for the released models)')
 _SAVE = flags.DEFINE_string('save', None, '.npz for tracks [n, t, 2] (x, y), visible [n, t], query_points [n, 3]')
 _CHUNK = flags.DEFINE_integer('query_chunk_size', 64, 'queries per model call (offline)')
 _TRAIL = flags.DEFINE_integer('trail', 8, 'frames of fading trail behind each point')

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 import tqdm
 
+from tapir import checkpoint as checkpoint_lib
 from tapir import inference
 from tapir import online as online_lib
 from tapir import viz
@@ -177,36 +178,47 @@ def parse_model_overrides(text: str | None) -> dict[str, Any]:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
 
 
+def model_kwargs_for(checkpoint: str | None, preset: str = 'tapir', **overrides) -> dict[str, Any]:
+  """The architecture: stored in the checkpoint by our trainer if it is there (`preset` is then ignored), else
+  the preset's; `overrides` on top."""
+  stored = checkpoint_lib.read_model_kwargs(checkpoint) if checkpoint else None
+  if stored is None:
+    return inference.preset_kwargs(preset, **overrides)
+  logging.info('architecture read from %s (a checkpoint written by tapir\'s trainer); --preset not used', checkpoint)
+  return {**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}, **overrides}
+
+
 def load_tracker(checkpoint: str | None, preset: str = 'tapir', online: bool = False,
                  resize_to: Sequence[int] | None = (256, 256), query_chunk_size: int = 64,
                  random_weights: bool = False, **overrides) -> AnyTracker:
   """An offline `tapir.Tracker`, or with `online` a `tapir.OnlineTracker`, for `checkpoint` and `preset`.
 
+  A checkpoint written by our trainer carries its architecture, which then replaces the preset's.
   `resize_to` only matters for the online tracker (the offline one takes it per call). Raises ValueError with
   `NEED_WEIGHTS` when there is no checkpoint and `random_weights` is off, and with `check_params`' diagnosis
   when the checkpoint does not fit the preset.
   """
-  model_kwargs = inference.preset_kwargs(preset, **overrides)
-  if online and not model_kwargs.get('use_causal_conv'):
-    raise ValueError(f'--online needs a causal preset (causal_tapir or causal_bootstapir); got {preset!r}')
   if checkpoint is None and not random_weights:
     raise ValueError(NEED_WEIGHTS)
-  try:
-    if checkpoint is None:
-      logging.warning('RANDOM weights: the tracks are meaningless (for testing only)')
-      if online:
-        return online_lib.OnlineTracker.random_init(preset, resize_to=resize_to, **overrides)
-      return inference.Tracker.random_init(preset, query_chunk_size=query_chunk_size, **overrides)
-    if online:
-      return online_lib.OnlineTracker.from_checkpoint(checkpoint, preset=preset, resize_to=resize_to, **overrides)
-    return inference.Tracker.from_checkpoint(checkpoint, preset=preset, query_chunk_size=query_chunk_size,
-                                             **overrides)
-  except ValueError as e:
-    if checkpoint is None or not str(e).startswith('checkpoint does not fit'):
-      raise
-    expected = CHECKPOINT_FOR_PRESET.get(preset, '?')
-    raise ValueError(f'{checkpoint} does not fit --preset {preset} (whose released checkpoint is {expected}); '
-                     f'is it a checkpoint for another preset?\n{e}') from e
+  if checkpoint is not None and not os.path.exists(checkpoint):
+    raise FileNotFoundError(f'checkpoint {checkpoint} does not exist. {NEED_WEIGHTS}')
+  model_kwargs = model_kwargs_for(checkpoint, preset, **overrides)
+  if online and not model_kwargs.get('use_causal_conv'):
+    raise ValueError(f'--online needs a causal preset (causal_tapir or causal_bootstapir); got {preset!r}')
+  if checkpoint is None:
+    logging.warning('RANDOM weights: the tracks are meaningless (for testing only)')
+    params, state = inference.init_params(model_kwargs)
+  else:
+    params, state = checkpoint_lib.load_checkpoint(checkpoint)
+    try:
+      checkpoint_lib.check_params(params, model_kwargs)
+    except ValueError as e:
+      expected = CHECKPOINT_FOR_PRESET.get(preset, '?')
+      raise ValueError(f'{checkpoint} does not fit --preset {preset} (whose released checkpoint is {expected}); '
+                       f'is it a checkpoint for another preset?\n{e}') from e
+  if online:
+    return online_lib.OnlineTracker(params, state, model_kwargs, resize_to=resize_to)
+  return inference.Tracker(params, state, model_kwargs, query_chunk_size=query_chunk_size)
 
 
 def track_offline(tracker: inference.Tracker, video: np.ndarray, query_points: np.ndarray,
@@ -278,17 +290,21 @@ def save_tracks(path: str | os.PathLike, result: TrackResult, **settings: Any) -
 
 def track_file(video_path: str, out_path: str | None, checkpoint: str | None = None, preset: str = 'tapir', *,
                grid: int | None = None, points: str | None = None, mask: str | None = None,
-               mask_frame: int = 0, online: bool = False, resize: int = 256, save_path: str | None = None,
+               mask_frame: int = 0, online: bool = False, resize: int | None = None, save_path: str | None = None,
                query_chunk_size: int = 64, random_weights: bool = False, model_overrides: str | None = None,
                trail: int = 8, progress: bool = True) -> TrackResult:
   """Reads `video_path`, tracks the queries, writes the painted video to `out_path` (at the input's size and
   frame rate) and, with `save_path`, the tracks to an `.npz`. `resize` is the square model input size, 0 for
-  the video's own size. Arguments mirror the flags of `experiments.track`; inputs are validated before any
+  the video's own size, None for the model's `initial_resolution` (256 for the released models). Arguments mirror the flags of `experiments.track`; inputs are validated before any
   model is built.
   """
   video, fps = read_video(video_path)
   query_points = make_query_points(video.shape, grid, points, mask, mask_frame)
-  resize_to = (resize, resize) if resize else None
+  if resize is None:
+    resize_to = tuple(model_kwargs_for(checkpoint, preset, **parse_model_overrides(model_overrides)).get(
+        'initial_resolution', (256, 256)))
+  else:
+    resize_to = (resize, resize) if resize else None
   tracker = load_tracker(checkpoint, preset, online, resize_to, query_chunk_size, random_weights,
                          **parse_model_overrides(model_overrides))
   tracks, visible = track_video(video, tracker, query_points, resize_to, progress)
@@ -299,7 +315,7 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
     write_video(out_path, painted, fps)
     logging.info('wrote %s (%d frames, %dx%d, %.3g fps)', out_path, *video.shape[:3], fps)
   if save_path:
-    save_tracks(save_path, result, preset=preset, resize=f'{resize}x{resize}' if resize else 'native',
+    save_tracks(save_path, result, preset=preset, resize='x'.join(map(str, resize_to)) if resize_to else 'native',
                 online=online, checkpoint=checkpoint or 'random', video=video_path)
     logging.info('wrote %s', save_path)
   return result

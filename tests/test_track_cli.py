@@ -162,3 +162,17 @@ def test_runner_without_checkpoint(video_path, tmp_path):
   proc = _runner('--video', video_path, '--grid', '2', '--out', str(tmp_path / 'o.mp4'))
   assert proc.returncode != 0
   assert 'download_checkpoints.sh' in proc.stderr and '--random_weights' in proc.stderr
+
+
+def test_checkpoint_from_our_trainer_carries_its_architecture(video_path, tmp_path):
+  """A checkpoint with stored settings runs without --preset/--model_overrides, at its own resolution."""
+  tracker = tapir.Tracker.random_init(preset='tapir', **TINY)
+  path = tmp_path / 'trained.npy'
+  tapir.save_checkpoint(path, tracker.params, tracker.state,
+                        **{tapir.checkpoint.MODEL_KWARGS_KEY: {**tapir.PRESETS['tapir'], **TINY}})
+  result = track_video.track_file(video_path, None, str(path), preset='bootstapir', grid=2, progress=False,
+                                  save_path=str(tmp_path / 'tracks.npz'))
+  assert str(np.load(tmp_path / 'tracks.npz')['resize']) == '32x32'  # TINY's initial_resolution
+  video, _ = track_video.read_video(video_path)
+  expected = tracker.predict(video, result.query_points, resize_to=(32, 32))
+  np.testing.assert_allclose(result.tracks, expected.tracks, atol=1e-4)
