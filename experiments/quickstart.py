@@ -43,8 +43,7 @@ def main(argv):
   # A checkpoint from our trainer carries its architecture; a released one needs the right --preset.
   tracker = track_video.load_tracker(_CHECKPOINT.value, _PRESET.value, random_weights=not _CHECKPOINT.value)
   queries = tapir.grid_query_points(video.shape[1:3], stride=_SIZE.value // 4)
-  tracks, visible = tracker.track(video, queries,
-                                  resize_to=tuple(tracker.model_kwargs.get('initial_resolution', (256, 256))))
+  tracks, visible = tracker.track(video, queries, resize_to=tracker.resolution)
   t = np.arange(video.shape[0])
   velocity = np.array([1.5, -1.0])
   truth = queries[:, None, ::-1][..., :2] + np.round(velocity * t[:, None])[None]

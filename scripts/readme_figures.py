@@ -65,12 +65,9 @@ def scene_figures(checkpoint: str | None, out_dir: str, seed: int = 3) -> None:
   sheet = viz.contact_sheet(painted[frames], columns=4, labels=[f'frame {f}' for f in frames])
   viz.save_image(os.path.join(out_dir, 'synthetic_clip.png'), sheet)
   if checkpoint:
-    from tapir import inference  # pylint: disable=g-import-not-at-top
-    from tapir import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-    params, state = checkpoint_lib.load_checkpoint(checkpoint)
-    kwargs = checkpoint_lib.read_model_kwargs(checkpoint)
-    tracker = inference.Tracker(params, state, kwargs)
-    result = tracker.predict(example.video, example.query_points, resize_to=tuple(kwargs['initial_resolution']))
+    from tapir import track_video  # pylint: disable=g-import-not-at-top
+    tracker = track_video.load_tracker(checkpoint)  # the architecture stored by the trainer
+    result = tracker.predict(example.video, example.query_points, resize_to=tracker.resolution)
     both = viz.compare_tracks(example.video, result.tracks, result.visible, example.target_points, gt_visible,
                               colors=colors, trail=6, radius=3)
     viz.save_image(os.path.join(out_dir, 'tracked_frame.png'), both[frames[2]])

@@ -8,7 +8,7 @@ so the trees load unchanged and checkpoints we write load in the reference imple
 
 import os
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import haiku as hk
 import jax
@@ -24,8 +24,17 @@ def _to_numpy_tree(tree: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str,
   return {module: {name: np.asarray(value) for name, value in leaves.items()} for module, leaves in tree.items()}
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
-  """Reads an official-format checkpoint. Returns (params, state) as nested dicts of numpy arrays."""
+class CheckpointContents(NamedTuple):
+  params: dict  # {module_path: {name: array}}
+  state: dict  # Haiku state, same layout ({} for the released checkpoints)
+  model_kwargs: dict[str, Any] | None  # the `tapir.TAPIR` settings our trainer stores; None in released files
+
+
+MODEL_KWARGS_KEY = 'tapir_model_kwargs'  # optional extra entry: the constructor settings, for our own checkpoints
+
+
+def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
+  """Reads an official-format checkpoint once: params, state and (for files we wrote) the model settings."""
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f'checkpoint not found: {path}')
@@ -40,17 +49,20 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
   params = content['params']
   if not isinstance(params, Mapping) or not all(isinstance(v, Mapping) for v in params.values()):
     raise ValueError(f"{path}: 'params' must map module paths to {{name: array}} dicts")
-  return _to_numpy_tree(params), _to_numpy_tree(content.get('state') or {})
+  kwargs = content.get(MODEL_KWARGS_KEY)
+  return CheckpointContents(_to_numpy_tree(params), _to_numpy_tree(content.get('state') or {}),
+                            None if kwargs is None else dict(kwargs))
 
 
-MODEL_KWARGS_KEY = 'tapir_model_kwargs'  # optional extra entry: the constructor settings, for our own checkpoints
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
+  """Reads an official-format checkpoint. Returns (params, state) as nested dicts of numpy arrays."""
+  contents = read_checkpoint(path)
+  return contents.params, contents.state
 
 
 def read_model_kwargs(path: str | os.PathLike) -> dict[str, Any] | None:
   """The `tapir.TAPIR` settings stored in a checkpoint we wrote (None for the released checkpoints)."""
-  content = np.load(os.fspath(path), allow_pickle=True).item()
-  kwargs = content.get(MODEL_KWARGS_KEY)
-  return None if kwargs is None else dict(kwargs)
+  return read_checkpoint(path).model_kwargs
 
 
 def save_checkpoint(path: str | os.PathLike, params: Params, state: Params | None = None, **extra) -> None:

@@ -17,25 +17,23 @@ from tapir.data import sources
 from tapir.data import tapvid
 
 
-def model_kwargs_for(config, path: str) -> dict[str, Any]:
+def model_kwargs_for(config, contents: checkpoint_lib.CheckpointContents) -> dict[str, Any]:
   """Architecture: the preset, else the settings stored in the file, else read off the parameter shapes."""
   if config.preset:
     kwargs = inference.preset_kwargs(config.preset)
   else:
-    kwargs = checkpoint_lib.read_model_kwargs(path) or checkpoint_lib.infer_model_kwargs(
-        checkpoint_lib.load_checkpoint(path)[0])
-  overrides = config.model_overrides.to_dict()
-  if config.preset or checkpoint_lib.read_model_kwargs(path) is None:
-    kwargs.update(overrides)
+    kwargs = contents.model_kwargs or checkpoint_lib.infer_model_kwargs(contents.params)
+  if config.preset or contents.model_kwargs is None:
+    kwargs.update(config.model_overrides.to_dict())
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
 def predictors(config) -> dict[str, Callable]:
   out = {}
   if config.checkpoint:
-    params, state = checkpoint_lib.load_checkpoint(config.checkpoint)
-    kwargs = model_kwargs_for(config, config.checkpoint)
-    tracker = inference.Tracker(params, state, kwargs, query_chunk_size=config.query_chunk_size)
+    contents = checkpoint_lib.read_checkpoint(config.checkpoint)
+    tracker = inference.Tracker(contents.params, contents.state, model_kwargs_for(config, contents),
+                                query_chunk_size=config.query_chunk_size)
     resize_to = None if config.full_resolution else tuple(config.resolution)
 
     def predict(video, query_points):

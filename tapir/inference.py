@@ -37,6 +37,11 @@ def preset_kwargs(preset: str, **overrides) -> dict[str, Any]:
   return {**PRESETS[preset], **overrides}
 
 
+def model_resolution(model_kwargs: Mapping[str, Any]) -> tuple[int, int]:
+  """The (height, width) a model was built for: its `initial_resolution` (256x256 for the released models)."""
+  return tuple(model_kwargs.get('initial_resolution', (256, 256)))
+
+
 class TrackerOutput(NamedTuple):
   tracks: np.ndarray  # [n, t, 2] (x, y) pixels of the input video
   visible: np.ndarray  # [n, t] bool
@@ -118,6 +123,7 @@ class Tracker:
     self.params = jax.device_put(params)
     self.state = jax.device_put(state)
     self.query_chunk_size = query_chunk_size
+    self.resolution = model_resolution(self.model_kwargs)  # the input size the model was built for
     kwargs = self.model_kwargs
 
     def features(video):

@@ -12,7 +12,7 @@ the input video throughout (raster convention of `tapir.conventions`); the track
 import json
 import os
 import shutil
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from absl import logging
 import mediapy
@@ -178,14 +178,31 @@ def parse_model_overrides(text: str | None) -> dict[str, Any]:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
 
 
-def model_kwargs_for(checkpoint: str | None, preset: str = 'tapir', **overrides) -> dict[str, Any]:
-  """The architecture: stored in the checkpoint by our trainer if it is there (`preset` is then ignored), else
-  the preset's; `overrides` on top."""
-  stored = checkpoint_lib.read_model_kwargs(checkpoint) if checkpoint else None
+def model_kwargs_for(stored: Mapping[str, Any] | None, preset: str = 'tapir', **overrides) -> dict[str, Any]:
+  """The architecture: the settings a checkpoint from our trainer stores (`stored`; `preset` is then ignored),
+  else the preset's; `overrides` on top."""
   if stored is None:
     return inference.preset_kwargs(preset, **overrides)
-  logging.info('architecture read from %s (a checkpoint written by tapir\'s trainer); --preset not used', checkpoint)
+  logging.info('architecture read from the checkpoint (written by tapir\'s trainer); --preset not used')
   return {**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}, **overrides}
+
+
+def load_weights(checkpoint: str | None, preset: str = 'tapir', random_weights: bool = False,
+                 **overrides) -> tuple[Any, Any, dict[str, Any]]:
+  """(params, state, model_kwargs) from one read of `checkpoint`, or random weights for the preset.
+
+  Raises ValueError with `NEED_WEIGHTS` when there is no checkpoint and `random_weights` is off.
+  """
+  if checkpoint is None:
+    if not random_weights:
+      raise ValueError(NEED_WEIGHTS)
+    logging.warning('RANDOM weights: the tracks are meaningless (for testing only)')
+    model_kwargs = model_kwargs_for(None, preset, **overrides)
+    return (*inference.init_params(model_kwargs), model_kwargs)
+  if not os.path.exists(checkpoint):
+    raise FileNotFoundError(f'checkpoint {checkpoint} does not exist. {NEED_WEIGHTS}')
+  contents = checkpoint_lib.read_checkpoint(checkpoint)
+  return contents.params, contents.state, model_kwargs_for(contents.model_kwargs, preset, **overrides)
 
 
 def load_tracker(checkpoint: str | None, preset: str = 'tapir', online: bool = False,
@@ -194,31 +211,31 @@ def load_tracker(checkpoint: str | None, preset: str = 'tapir', online: bool = F
   """An offline `tapir.Tracker`, or with `online` a `tapir.OnlineTracker`, for `checkpoint` and `preset`.
 
   A checkpoint written by our trainer carries its architecture, which then replaces the preset's.
-  `resize_to` only matters for the online tracker (the offline one takes it per call). Raises ValueError with
-  `NEED_WEIGHTS` when there is no checkpoint and `random_weights` is off, and with `check_params`' diagnosis
-  when the checkpoint does not fit the preset.
+  `resize_to` only matters for the online tracker (the offline one takes it per call). Errors as
+  `load_weights` and `make_tracker`.
   """
-  if checkpoint is None and not random_weights:
-    raise ValueError(NEED_WEIGHTS)
-  if checkpoint is not None and not os.path.exists(checkpoint):
-    raise FileNotFoundError(f'checkpoint {checkpoint} does not exist. {NEED_WEIGHTS}')
-  model_kwargs = model_kwargs_for(checkpoint, preset, **overrides)
+  weights = load_weights(checkpoint, preset, random_weights, **overrides)
+  return make_tracker(*weights, checkpoint=checkpoint, preset=preset, online=online, resize_to=resize_to,
+                      query_chunk_size=query_chunk_size)
+
+
+def make_tracker(params, state, model_kwargs: Mapping[str, Any], *, checkpoint: str | None, preset: str,
+                 online: bool = False, resize_to: Sequence[int] | None = (256, 256),
+                 query_chunk_size: int = 64) -> AnyTracker:
+  """The tracker for loaded weights. Raises ValueError when `online` is asked of a non-causal model, and with
+  `check_params`' diagnosis when the weights do not fit the architecture."""
   if online and not model_kwargs.get('use_causal_conv'):
     raise ValueError(f'--online needs a causal preset (causal_tapir or causal_bootstapir); got {preset!r}')
-  if checkpoint is None:
-    logging.warning('RANDOM weights: the tracks are meaningless (for testing only)')
-    params, state = inference.init_params(model_kwargs)
-  else:
-    params, state = checkpoint_lib.load_checkpoint(checkpoint)
-    try:
-      checkpoint_lib.check_params(params, model_kwargs)
-    except ValueError as e:
-      expected = CHECKPOINT_FOR_PRESET.get(preset, '?')
-      raise ValueError(f'{checkpoint} does not fit --preset {preset} (whose released checkpoint is {expected}); '
-                       f'is it a checkpoint for another preset?\n{e}') from e
-  if online:
-    return online_lib.OnlineTracker(params, state, model_kwargs, resize_to=resize_to)
-  return inference.Tracker(params, state, model_kwargs, query_chunk_size=query_chunk_size)
+  try:
+    if online:
+      return online_lib.OnlineTracker(params, state, model_kwargs, resize_to=resize_to)
+    return inference.Tracker(params, state, model_kwargs, query_chunk_size=query_chunk_size)
+  except ValueError as e:
+    if checkpoint is None or not str(e).startswith('checkpoint does not fit'):
+      raise
+    expected = CHECKPOINT_FOR_PRESET.get(preset, '?')
+    raise ValueError(f'{checkpoint} does not fit --preset {preset} (whose released checkpoint is {expected}); '
+                     f'is it a checkpoint for another preset?\n{e}') from e
 
 
 def track_offline(tracker: inference.Tracker, video: np.ndarray, query_points: np.ndarray,
@@ -295,18 +312,19 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
                trail: int = 8, progress: bool = True) -> TrackResult:
   """Reads `video_path`, tracks the queries, writes the painted video to `out_path` (at the input's size and
   frame rate) and, with `save_path`, the tracks to an `.npz`. `resize` is the square model input size, 0 for
-  the video's own size, None for the model's `initial_resolution` (256 for the released models). Arguments mirror the flags of `experiments.track`; inputs are validated before any
-  model is built.
+  the video's own size, None for the model's `initial_resolution` (256 for the released models). Arguments
+  mirror the flags of `experiments.track`; inputs are validated before any model is built.
   """
   video, fps = read_video(video_path)
   query_points = make_query_points(video.shape, grid, points, mask, mask_frame)
+  params, state, model_kwargs = load_weights(checkpoint, preset, random_weights,
+                                             **parse_model_overrides(model_overrides))
   if resize is None:
-    resize_to = tuple(model_kwargs_for(checkpoint, preset, **parse_model_overrides(model_overrides)).get(
-        'initial_resolution', (256, 256)))
+    resize_to = inference.model_resolution(model_kwargs)
   else:
     resize_to = (resize, resize) if resize else None
-  tracker = load_tracker(checkpoint, preset, online, resize_to, query_chunk_size, random_weights,
-                         **parse_model_overrides(model_overrides))
+  tracker = make_tracker(params, state, model_kwargs, checkpoint=checkpoint, preset=preset, online=online,
+                         resize_to=resize_to, query_chunk_size=query_chunk_size)
   tracks, visible = track_video(video, tracker, query_points, resize_to, progress)
   colors = viz.rainbow_colors(query_points, video.shape[1:3])
   painted = viz.paint_tracks(video, tracks, visible, colors, trail=trail)

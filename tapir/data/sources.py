@@ -164,10 +164,9 @@ def model_predictor(params, state, model_kwargs: Mapping[str, Any], chunk_size: 
   """`predict(video uint8, queries) -> (tracks, occluded)` for `tapir.evaluation.evaluate`."""
   from tapir import inference  # pylint: disable=g-import-not-at-top
   tracker = inference.Tracker(params, state, model_kwargs, query_chunk_size=chunk_size)
-  resize_to = tuple(model_kwargs.get('initial_resolution', (256, 256)))
 
   def predict(video, query_points):
-    out = tracker.predict(video, query_points, resize_to=resize_to)
+    out = tracker.predict(video, query_points, resize_to=tracker.resolution)
     return out.tracks, ~out.visible
 
   return predict
