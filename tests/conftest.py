@@ -13,7 +13,9 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 jax.config.update('jax_disable_most_optimizations', True)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-GOLDEN = REPO.parent / 'shared' / 'golden'
+# Arrays produced by the official implementations, copied from ../shared/golden (see tests/fixtures/README.md):
+# the tests need nothing outside the repository.
+GOLDEN = REPO / 'tests' / 'fixtures'
 
 # The small architecture of the golden checkpoint (../shared/golden/README.md).
 SMALL_KWARGS = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=2, mixer_hidden_dim=128,
@@ -23,7 +25,7 @@ SMALL_KWARGS = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=2, mixer_hid
 @pytest.fixture(scope='session')
 def golden_dir() -> pathlib.Path:
   if not GOLDEN.is_dir():
-    pytest.fail(f'golden fixtures not found at {GOLDEN}: tests expect ../shared beside the repository')
+    pytest.fail(f'golden fixtures not found at {GOLDEN}')
   return GOLDEN
 
 

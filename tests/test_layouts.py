@@ -12,7 +12,7 @@ from tests.conftest import GOLDEN
 
 
 def _section(name: str) -> dict[str, tuple[int, ...]]:
-  text = (GOLDEN.parent / 'spec' / 'checkpoint_layout.txt').read_text()
+  text = (GOLDEN / 'checkpoint_layout.txt').read_text()
   body = text.split(f'=== {name}.')[1].split('===')[0]
   out = {}
   for module, param, shape in re.findall(r'^(tapir/\S+) \| (\w+) \| \(([\d, ]*)\)', body, flags=re.M):
