@@ -7,6 +7,8 @@ r"""Evaluate a checkpoint on TAP-Vid or the built-in synthetic set. Thin runner 
 See configs/evaluate.py for every field and the numbers to expect.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -21,7 +23,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  eval_runner.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    eval_runner.run(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:  # bad inputs (e.g. an undetermined architecture): no traceback
+    sys.exit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -5,7 +5,7 @@ r"""Quickstart: track a grid of points through a built-in video with TAPIR, no d
 
 The built-in video is a textured image panning at a constant velocity, so the true motion is known and the
 script reports the mean end-point error of the visible tracks: large with random weights, small with trained ones
-(try the checkpoint of the README's training command, `--checkpoint /tmp/tapir_cpu/tapir_checkpoint.npy`).
+(try the checkpoint of the README's training command, `--checkpoint /tmp/tapir_cpu/tapir_checkpoint.npz`).
 """
 
 from absl import app
@@ -16,8 +16,10 @@ import numpy as np
 import tapir
 from tapir import track_video
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'official .npy checkpoint; random weights if unset')
-_PRESET = flags.DEFINE_enum('preset', 'tapir', sorted(tapir.PRESETS), 'architecture of the checkpoint')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'checkpoint (either format); random weights if unset')
+_PRESET = flags.DEFINE_enum('preset', None, sorted(tapir.PRESETS),
+                             'architecture of a released checkpoint (random weights: tapir); settings stored in '
+                             'the checkpoint win')
 _FRAMES = flags.DEFINE_integer('frames', 8, 'frames of the built-in video')
 _SIZE = flags.DEFINE_integer('size', 128, 'height and width of the built-in video')
 

@@ -4,7 +4,8 @@
     queries = tapir.grid_query_points(video.shape[1:3], stride=32)          # [n, 3] (t, y, x)
     tracks, visible = tracker.track(video, queries)                         # [n, t, 2] (x, y), [n, t]
 
-The video is resized (PIL Lanczos, as the reference demos do) to `resize_to` before the model; queries and
+The video is resized (PIL Lanczos, as the reference demos do) to `resize_to` (by default the model's own
+`initial_resolution`, 256x256 for the released models) before the model; queries and
 tracks are rescaled by pure multiplication (`tapir.conventions`). Features are computed once per video and the
 queries run in fixed-size chunks, so memory is bounded in the number of points and each input shape compiles
 once.
@@ -15,26 +16,42 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import mediapy
 import numpy as np
+import tqdm
 
 from tapir import checkpoint as checkpoint_lib
 from tapir import conventions
 from tapir.models import tapir as tapir_lib
 
-# Constructor settings of the released models that cannot be read off parameter shapes.
-PRESETS: dict[str, dict[str, Any]] = {
-    'tapir': dict(pyramid_level=0),
-    'causal_tapir': dict(pyramid_level=1, use_causal_conv=True),
-    'bootstapir': dict(pyramid_level=1, extra_convs=True, softmax_temperature=10.0),
-    'causal_bootstapir': dict(pyramid_level=1, extra_convs=True, softmax_temperature=10.0, use_causal_conv=True),
-}
+# Constructor settings of the released models (the table lives with the architecture rule).
+PRESETS = checkpoint_lib.PRESETS
+preset_kwargs = checkpoint_lib.preset_kwargs
+MODEL_RESOLUTION = 'model'  # `resize_to` default: the model's own initial_resolution
 
 
-def preset_kwargs(preset: str, **overrides) -> dict[str, Any]:
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
-  return {**PRESETS[preset], **overrides}
+def check_positive_int(value: Any, name: str) -> int:
+  """`value` as an int >= 1, else ValueError naming `name`."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f'{name} must be an integer >= 1; got {value!r}')
+  return int(value)
+
+
+def resolve_resize_to(resize_to: Any, model_kwargs: Mapping[str, Any]) -> tuple[int, int] | None:
+  """'model' -> the model's resolution; None -> None (the video's own size); else validated (height, width)."""
+  if isinstance(resize_to, str):
+    if resize_to != MODEL_RESOLUTION:
+      raise ValueError(f"resize_to must be 'model', None or (height, width); got {resize_to!r}")
+    return model_resolution(model_kwargs)
+  if resize_to is None:
+    return None
+  try:
+    hw = tuple(resize_to)
+  except TypeError:
+    hw = ()
+  if len(hw) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in hw):
+    raise ValueError(f"resize_to must be (height, width) with both integers >= 1, 'model' or None; got "
+                     f'{resize_to!r}')
+  return int(hw[0]), int(hw[1])
 
 
 def model_resolution(model_kwargs: Mapping[str, Any]) -> tuple[int, int]:
@@ -52,9 +69,14 @@ class TrackerOutput(NamedTuple):
 def grid_query_points(frame_hw: Sequence[int], stride: int = 8, query_frame: int = 0) -> np.ndarray:
   """Queries at the centres of pixels on a regular grid (rows stride//2, stride//2 + stride, ...) of a frame.
 
-  Returns [n, 3] float32 (t, y, x), row-major (y outer).
+  Returns [n, 3] float32 (t, y, x), row-major (y outer). `stride` must be in [1, min(h, w)].
   """
-  h, w = frame_hw
+  h, w = (check_positive_int(s, 'frame_hw') for s in frame_hw)
+  stride = check_positive_int(stride, 'stride')
+  if stride > min(h, w):
+    raise ValueError(f'stride must be in [1, {min(h, w)}] (the shorter side of the {h}x{w} frame); got {stride}')
+  if isinstance(query_frame, bool) or not isinstance(query_frame, (int, np.integer)) or query_frame < 0:
+    raise ValueError(f'query_frame must be an integer >= 0; got {query_frame!r}')
   ys = np.arange(stride // 2, h, stride) + 0.5
   xs = np.arange(stride // 2, w, stride) + 0.5
   yy, xx = np.meshgrid(ys, xs, indexing='ij')
@@ -72,6 +94,9 @@ def mask_query_points(mask: np.ndarray, query_frame: int = 0, stride: int = 8,
   mask = np.asarray(mask)
   if mask.ndim != 2 or mask.dtype != bool:
     raise ValueError(f'mask must be a boolean [height, width] array; got {mask.dtype} {mask.shape}')
+  stride = check_positive_int(stride, 'stride')
+  if num_points is not None:
+    num_points = check_positive_int(num_points, 'num_points')
   if num_points is None:
     grid = np.zeros_like(mask)
     grid[stride // 2::stride, stride // 2::stride] = True
@@ -105,12 +130,15 @@ def check_video(video: np.ndarray) -> None:
                      f'{getattr(video, "dtype", type(video))}')
   if video.ndim != 4 or video.shape[-1] != 3:
     raise ValueError(f'video must be [frames, height, width, 3] RGB; got shape {video.shape}')
+  if min(video.shape[:3]) < 1:
+    raise ValueError(f'video must have at least one frame, row and column; got shape {video.shape}')
 
 
 def resize_video(video: np.ndarray, hw: Sequence[int]) -> np.ndarray:
   """uint8 [t, h, w, 3] -> uint8 [t, *hw, 3] with PIL Lanczos per frame (identity if the size matches)."""
   if tuple(video.shape[1:3]) == tuple(hw):
     return video
+  import mediapy  # pylint: disable=g-import-not-at-top  (lazy: it imports matplotlib)
   return np.asarray(mediapy.resize_video(video, tuple(hw)))
 
 
@@ -118,6 +146,7 @@ class Tracker:
   """Offline TAPIR for arbitrary uint8 videos. See the module docstring."""
 
   def __init__(self, params, state, model_kwargs: Mapping[str, Any], query_chunk_size: int = 64):
+    query_chunk_size = check_positive_int(query_chunk_size, 'query_chunk_size')
     self.model_kwargs = dict(model_kwargs)
     checkpoint_lib.check_params(params, self.model_kwargs)
     self.params = jax.device_put(params)
@@ -138,11 +167,16 @@ class Tracker:
     self._chunk = jax.jit(hk.transform_with_state(chunk).apply)
 
   @classmethod
-  def from_checkpoint(cls, path: str, preset: str = 'tapir', query_chunk_size: int = 64,
+  def from_checkpoint(cls, path: str, preset: str | None = None, query_chunk_size: int = 64,
                       **overrides) -> 'Tracker':
-    """Loads an official `.npy` checkpoint; `preset` names the released architecture (see PRESETS)."""
-    params, state = checkpoint_lib.load_checkpoint(path)
-    return cls(params, state, preset_kwargs(preset, **overrides), query_chunk_size)
+    """Loads a checkpoint of either format; the architecture follows `checkpoint.resolve_model_kwargs`.
+
+    Settings stored in the file win (a contradicting `preset` is an error); a released checkpoint needs its
+    `preset` (see PRESETS) unless its parameter layout determines it.
+    """
+    contents = checkpoint_lib.read_checkpoint(path)
+    kwargs = checkpoint_lib.resolve_model_kwargs(contents.model_kwargs, preset, contents.params, overrides)
+    return cls(contents.params, contents.state, kwargs, query_chunk_size)
 
   @classmethod
   def random_init(cls, preset: str = 'tapir', seed: int = 0, query_chunk_size: int = 64, **overrides) -> 'Tracker':
@@ -151,15 +185,24 @@ class Tracker:
     return cls(*init_params(kwargs, seed), kwargs, query_chunk_size)
 
   def predict(self, video: np.ndarray, query_points: np.ndarray,
-              resize_to: Sequence[int] | None = (256, 256)) -> TrackerOutput:
-    """Tracks, visibility and both logits. Arguments as `track`."""
+              resize_to: Sequence[int] | str | None = MODEL_RESOLUTION, progress: bool = False) -> TrackerOutput:
+    """Tracks, visibility and both logits. Arguments as `track`; `progress` shows a bar over the query chunks.
+
+    No query points give outputs with 0 rows ([0, t, 2] tracks, [0, t] the rest).
+    """
     check_video(video)
+    resize_to = resolve_resize_to(resize_to, self.model_kwargs)
     query_points = np.asarray(query_points, np.float32)
+    if query_points.size == 0:
+      query_points = query_points.reshape(0, 3)
     if query_points.ndim != 2 or query_points.shape[-1] != 3:
       raise ValueError(f'query_points must be [num_points, 3] as (t, y, x); got shape {query_points.shape}')
     tapir_lib.check_query_points(query_points, video.shape)
     t, h, w, _ = video.shape
-    model_hw = (h, w) if resize_to is None else tuple(resize_to)
+    if not query_points.shape[0]:
+      return TrackerOutput(tracks=np.zeros((0, t, 2), np.float32), visible=np.zeros((0, t), bool),
+                           occlusion=np.zeros((0, t), np.float32), expected_dist=np.zeros((0, t), np.float32))
+    model_hw = (h, w) if resize_to is None else resize_to
     frames = conventions.frames_to_model_input(resize_video(video, model_hw))[None]  # [1, t, h', w', 3]
     queries = conventions.convert_grid_coordinates(query_points, (t, h, w), (t,) + model_hw)
 
@@ -170,7 +213,7 @@ class Tracker:
     padded = -(-n // size) * size
     queries = np.concatenate([queries, np.repeat(queries[:1], padded - n, axis=0)])
     outputs = []
-    for start in range(0, padded, size):
+    for start in tqdm.trange(0, padded, size, desc='query chunks', unit='chunk', disable=not progress):
       (tracks, occ, expd), _ = self._chunk(self.params, self.state, None, frames, grids,
                                            jnp.asarray(queries[None, start:start + size]))
       outputs.append(jax.device_get((tracks[0], occ[0], expd[0])))
@@ -180,14 +223,15 @@ class Tracker:
     return TrackerOutput(tracks=tracks, visible=visible, occlusion=occ, expected_dist=expd)
 
   def track(self, video: np.ndarray, query_points: np.ndarray,
-            resize_to: Sequence[int] | None = (256, 256)) -> tuple[np.ndarray, np.ndarray]:
+            resize_to: Sequence[int] | str | None = MODEL_RESOLUTION) -> tuple[np.ndarray, np.ndarray]:
     """Tracks query points through a video.
 
     Args:
       video: uint8 [t, h, w, 3], any size.
       query_points: [n, 3] (t, y, x) in pixels of `video` (raster coordinates, see `tapir.conventions`).
-      resize_to: (height, width) the model runs at (256x256 like the released demos), or None for the video's
-        own size (the model then refines at several resolutions).
+      resize_to: (height, width) the model runs at; 'model' (default) for the model's own
+        `initial_resolution` (256x256 for the released models, as in the demos); None for the video's own size
+        (the model then refines at several resolutions).
     Returns:
       tracks [n, t, 2] (x, y) in pixels of `video`, and visible [n, t] bool.
     """

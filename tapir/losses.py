@@ -47,24 +47,29 @@ def tapnet_loss(
     points: jax.Array,  # [b, n, t, 2] predicted (x, y), pixels of the video
     occlusion: jax.Array,  # [b, n, t] logit
     target_points: jax.Array,  # [b, n, t, 2] (x, y), pixels of the video
-    target_occluded: jax.Array,  # [b, n, t] bool, True = occluded
-    video_shape: Sequence[int],  # [b, t, h, w, 3]
+    target_occ: jax.Array,  # [b, n, t] bool, True = occluded
+    shape: Sequence[int],  # [b, t, h, w, 3] of the video
     mask: jax.Array | None = None,  # [b, n, t] multiplies every term
     expected_dist: jax.Array | None = None,  # [b, n, t] logit
-    expected_dist_thresh: float = 8.0,
+    position_loss_weight: float = POSITION_LOSS_WEIGHT,
+    expected_dist_thresh: float = EXPECTED_DIST_THRESHOLD,
     huber_loss_delta: float = HUBER_DELTA,
     rebalance_factor: float | None = None,
     occlusion_loss_mask: jax.Array | None = None,  # [b, n, t] multiplies the occlusion terms
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """The reference single-estimate loss, with its argument order and defaults: (huber, occlusion, uncertainty).
+  """The reference's single-estimate loss, with its full signature, argument order and defaults.
 
-  Each is a scalar mean over all b * n * t elements. (The reference's own default threshold is 8 px; training
-  passes `EXPECTED_DIST_THRESHOLD` = 6.)
+  Returns the same three scalars as the reference `tapnet_loss`: (position_loss_weight * H, O, U), each a mean
+  over all b * n * t elements (masked elements count as zeros): H the Huber position loss (delta
+  `huber_loss_delta` px, visible frames), O the occlusion cross-entropy (times `rebalance_factor` reweighting and
+  `occlusion_loss_mask` when given), U the `expected_dist` cross-entropy against "the prediction is more than
+  `expected_dist_thresh` px off" (visible frames; 0 without `expected_dist`). Pixels are those of a 256x256
+  raster. The defaults are the released training values (0.05, 6 px, 4 px).
   """
-  h, w = video_shape[2:4]
+  h, w = shape[2:4]
   points = conventions.convert_grid_coordinates(points, (w, h), LOSS_RESOLUTION[::-1])
   target_points = conventions.convert_grid_coordinates(target_points, (w, h), LOSS_RESOLUTION[::-1])
-  occluded = target_occluded.astype(jnp.float32)
+  occluded = target_occ.astype(jnp.float32)
   mask = jnp.ones_like(occluded) if mask is None else mask
 
   huber = huber_loss(points, target_points, huber_loss_delta) * (1 - occluded) * mask
@@ -81,7 +86,7 @@ def tapnet_loss(
     error = jnp.sum(jnp.square(jax.lax.stop_gradient(points) - target_points), axis=-1)
     far = (error > expected_dist_thresh**2).astype(jnp.float32)
     uncertainty = sigmoid_cross_entropy(expected_dist, far) * (1 - occluded) * mask
-  return jnp.mean(huber), jnp.mean(occ), jnp.mean(uncertainty)
+  return position_loss_weight * jnp.mean(huber), jnp.mean(occ), jnp.mean(uncertainty)
 
 
 class LossTerms(NamedTuple):
@@ -101,13 +106,17 @@ def tapir_loss(
     huber_delta: float = HUBER_DELTA,
     expected_dist_threshold: float = EXPECTED_DIST_THRESHOLD,
 ) -> LossTerms:
-  """Equal-weight sum of `tapnet_loss` over the final output and every unrefined estimate."""
+  """Equal-weight sum of `tapnet_loss` over the final output and every unrefined estimate.
+
+  `position` holds the unweighted Huber terms; `total` weights them by `position_loss_weight`.
+  """
   estimates = [(outputs['tracks'], outputs['occlusion'], outputs['expected_dist'])]
   estimates += list(zip(outputs['unrefined_tracks'], outputs['unrefined_occlusion'],
                         outputs['unrefined_expected_dist']))
   terms = [
       tapnet_loss(points, occ, target_points, target_occluded, video_shape, expected_dist=expd,
-                  expected_dist_thresh=expected_dist_threshold, huber_loss_delta=huber_delta)
+                  position_loss_weight=1.0, expected_dist_thresh=expected_dist_threshold,
+                  huber_loss_delta=huber_delta)
       for points, occ, expd in estimates
   ]
   position, occlusion, uncertainty = (jnp.stack(x) for x in zip(*terms))

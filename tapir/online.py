@@ -17,7 +17,6 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import mediapy
 import numpy as np
 
 from tapir import checkpoint as checkpoint_lib
@@ -37,14 +36,17 @@ class OnlineOutput(NamedTuple):
 class OnlineTracker:
   """Frame-by-frame tracker over a causal TAPIR. See the module docstring."""
 
-  def __init__(self, params, state, model_kwargs: Mapping[str, Any], resize_to: Sequence[int] | None = (256, 256),
-               query_chunk_size: int = 64):
+  def __init__(self, params, state, model_kwargs: Mapping[str, Any],
+               resize_to: Sequence[int] | str | None = inference.MODEL_RESOLUTION, query_chunk_size: int = 64):
+    """`resize_to`: the (height, width) frames are resized to; 'model' (default) for the model's own
+    `initial_resolution` (256x256 for the released models); None for the frames' own size."""
     self.model_kwargs = dict(model_kwargs)
+    query_chunk_size = inference.check_positive_int(query_chunk_size, 'query_chunk_size')
+    self.resize_to = inference.resolve_resize_to(resize_to, self.model_kwargs)
     if not self.model_kwargs.get('use_causal_conv'):
       raise ValueError('online tracking needs a causal model (use_causal_conv=True, e.g. preset="causal_tapir")')
     checkpoint_lib.check_params(params, self.model_kwargs)
     self.params, self.state = jax.device_put(params), jax.device_put(state)
-    self.resize_to = None if resize_to is None else tuple(resize_to)
     kwargs = self.model_kwargs
 
     def query_features(frame, query_points):
@@ -60,17 +62,23 @@ class OnlineTracker:
 
     self._query_features = jax.jit(hk.transform_with_state(query_features).apply)
     self._step = jax.jit(hk.transform_with_state(step).apply)
-    self._features = None  # QueryFeatures of the current points
+    self._features = None  # QueryFeatures of the current points (None: no points)
     self._context = None  # causal.CausalState of the current points
+    self._frame_hw = None  # (h, w) of the stream's frames, set by `start`
     self.frames_seen = 0
 
   @classmethod
-  def from_checkpoint(cls, path: str, preset: str = 'causal_tapir', resize_to=(256, 256), **overrides):
-    params, state = checkpoint_lib.load_checkpoint(path)
-    return cls(params, state, inference.preset_kwargs(preset, **overrides), resize_to)
+  def from_checkpoint(cls, path: str, preset: str | None = None, resize_to=inference.MODEL_RESOLUTION,
+                      **overrides):
+    """Loads a checkpoint of either format; the architecture follows `checkpoint.resolve_model_kwargs` (a
+    released causal checkpoint needs its preset: causality cannot be read off parameter shapes)."""
+    contents = checkpoint_lib.read_checkpoint(path)
+    kwargs = checkpoint_lib.resolve_model_kwargs(contents.model_kwargs, preset, contents.params, overrides)
+    return cls(contents.params, contents.state, kwargs, resize_to)
 
   @classmethod
-  def random_init(cls, preset: str = 'causal_tapir', seed: int = 0, resize_to=(256, 256), **overrides):
+  def random_init(cls, preset: str = 'causal_tapir', seed: int = 0, resize_to=inference.MODEL_RESOLUTION,
+                  **overrides):
     kwargs = inference.preset_kwargs(preset, **overrides)
     return cls(*inference.init_params(kwargs, seed), kwargs, resize_to)
 
@@ -89,7 +97,14 @@ class OnlineTracker:
       raise ValueError(f'frame must be uint8 [height, width, 3]; got {getattr(frame, "dtype", type(frame))} '
                        f'{getattr(frame, "shape", "")}')
     hw = frame.shape[:2]
+    if min(hw) < 1:
+      raise ValueError(f'frame must have at least one row and column; got shape {frame.shape}')
+    if self._frame_hw is not None and tuple(hw) != self._frame_hw:
+      raise ValueError(f'frame is {hw[0]}x{hw[1]} (height x width) but this stream started with '
+                       f'{self._frame_hw[0]}x{self._frame_hw[1]} frames: every frame of a stream must have the same '
+                       'size (call start() to begin a new stream)')
     if self.resize_to is not None and tuple(hw) != self.resize_to:
+      import mediapy  # pylint: disable=g-import-not-at-top  (lazy: it imports matplotlib)
       frame = np.asarray(mediapy.resize_image(frame, self.resize_to))
     return jnp.asarray(conventions.frames_to_model_input(frame)[None, None]), hw
 
@@ -112,15 +127,32 @@ class OnlineTracker:
                              self.model_kwargs.get('num_pips_iter', 4), levels)
 
   def start(self, frame: np.ndarray, query_points: np.ndarray) -> None:
-    """Starts tracking `query_points` [n, 2] (y, x), given in pixels of `frame` (uint8 [h, w, 3])."""
-    self._features, model_hw = self._features_for(frame, query_points)
-    self._context = self._zero_context(self.num_points, model_hw)
+    """Starts a stream of frames the size of `frame` (uint8 [h, w, 3]), tracking `query_points` [n, 2] (y, x)
+    given in its pixels (n may be 0: add points later with `add_queries`)."""
+    self._frame_hw = None
+    self._features = self._context = None
+    query_points = _check_points(query_points)
+    if not len(query_points):
+      self._prepare(frame)  # validates the frame
+      self._frame_hw = tuple(frame.shape[:2])
+    else:
+      self._features, model_hw = self._features_for(frame, query_points)
+      self._frame_hw = tuple(frame.shape[:2])
+      self._context = self._zero_context(self.num_points, model_hw)
     self.frames_seen = 0
 
   def add_queries(self, frame: np.ndarray, query_points: np.ndarray) -> np.ndarray:
-    """Adds points starting at `frame` (call before `step(frame)`). Returns their indices."""
-    if self._features is None:
+    """Adds points starting at `frame` (call before `step(frame)`). Returns their indices (empty for n = 0)."""
+    query_points = _check_points(query_points)
+    if self._frame_hw is None:
       self.start(frame, query_points)
+      return np.arange(self.num_points)
+    if not len(query_points):
+      self._prepare(frame)
+      return np.zeros([0], np.int64)
+    if self._features is None:
+      first_points = self._features_for(frame, query_points)
+      self._features, self._context = first_points[0], self._zero_context(len(query_points), first_points[1])
       return np.arange(self.num_points)
     features, model_hw = self._features_for(frame, query_points)
     first = self.num_points
@@ -131,19 +163,40 @@ class OnlineTracker:
     return np.arange(first, self.num_points)
 
   def replace_queries(self, frame: np.ndarray, query_points: np.ndarray, indices: Sequence[int]) -> None:
-    """Replaces the points at `indices` by new ones starting at `frame`; their history restarts from zero."""
+    """Replaces the points at `indices` by new ones starting at `frame`; their history restarts from zero.
+
+    `indices`: distinct integers in [0, num_points), one per row of `query_points` [n, 2] (y, x); n = 0 does
+    nothing.
+    """
+    query_points = _check_points(query_points)
     indices = np.asarray(indices)
-    if len(indices) != len(query_points) or indices.min() < 0 or indices.max() >= self.num_points:
-      raise ValueError(f'need one index in [0, {self.num_points}) per new query point; got {indices.tolist()}')
+    if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
+      raise ValueError(f'indices must be a 1-D sequence of integers in [0, {self.num_points}); got '
+                       f'{indices.tolist()} ({indices.dtype})')
+    if len(indices) != len(query_points):
+      raise ValueError(f'need one index per new query point: {len(indices)} indices for {len(query_points)} points')
+    if indices.size and (indices.min() < 0 or indices.max() >= self.num_points):
+      raise ValueError(f'indices must lie in [0, {self.num_points}) (the current points); got {indices.tolist()}')
+    if len(np.unique(indices)) != len(indices):
+      raise ValueError(f'indices must be distinct; got {indices.tolist()}')
+    if not indices.size:
+      if self._frame_hw is not None:
+        self._prepare(frame)
+      return
     features, _ = self._features_for(frame, query_points)
     self._features, self._context = tapir_lib.TAPIR.update_query_features(self._features, features,
                                                                           jnp.asarray(indices), self._context)
 
   def step(self, frame: np.ndarray) -> OnlineOutput:
     """Tracks the current points into `frame` (uint8 [h, w, 3]); returns positions in its pixels."""
-    if self._features is None:
+    if self._frame_hw is None:
       raise ValueError('call start(frame, query_points) before step()')
     model_frame, (h, w) = self._prepare(frame)
+    if self._features is None:  # no points yet
+      self.frames_seen += 1
+      empty = np.zeros([0], np.float32)
+      return OnlineOutput(tracks=np.zeros([0, 2], np.float32), visible=np.zeros([0], bool), occlusion=empty,
+                          expected_dist=empty.copy())
     (tracks, occ, expd, self._context), _ = self._step(self.params, self.state, None, model_frame, self._features,
                                                        self._context)
     self.frames_seen += 1
@@ -152,3 +205,12 @@ class OnlineTracker:
     tracks = conventions.convert_grid_coordinates(tracks, (model_w, model_h), (w, h))
     return OnlineOutput(tracks=tracks, visible=conventions.visibility_from_logits(occ, expd), occlusion=occ,
                         expected_dist=expd)
+
+
+def _check_points(query_points: Any) -> np.ndarray:  # [n, 2] float32 (y, x)
+  query_points = np.asarray(query_points, np.float32)
+  if query_points.size == 0:
+    query_points = query_points.reshape(0, 2)
+  if query_points.ndim != 2 or query_points.shape[-1] != 2:
+    raise ValueError(f'query_points must be [num_points, 2] as (y, x); got shape {query_points.shape}')
+  return query_points

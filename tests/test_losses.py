@@ -1,5 +1,7 @@
 """Training losses on inputs whose values can be checked by hand."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,8 @@ SHAPE_256 = (1, 2, 256, 256, 3)
 
 
 def _loss(points, target, occluded, expected_dist=None, shape=SHAPE_256, occ_logits=None, **kw):
+  """`tapnet_loss` with the Huber term unweighted (position_loss_weight=1) unless `kw` says otherwise."""
+  kw.setdefault('position_loss_weight', 1.0)
   points, target = jnp.asarray(points, jnp.float32), jnp.asarray(target, jnp.float32)
   occluded = jnp.asarray(occluded)
   occ_logits = jnp.zeros(occluded.shape) if occ_logits is None else jnp.asarray(occ_logits, jnp.float32)
@@ -63,6 +67,45 @@ def test_uncertainty_does_not_train_positions():
   grad = jax.grad(lambda p: _loss(p, target, np.zeros((1, 1, 1), bool), expected_dist=jnp.ones((1, 1, 1)))[2])(
       jnp.full((1, 1, 1, 2), 7.0))
   np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_tapnet_loss_has_the_reference_signature():
+  names = list(inspect.signature(losses.tapnet_loss).parameters)
+  assert names == ['points', 'occlusion', 'target_points', 'target_occ', 'shape', 'mask', 'expected_dist',
+                   'position_loss_weight', 'expected_dist_thresh', 'huber_loss_delta', 'rebalance_factor',
+                   'occlusion_loss_mask']
+  defaults = {k: p.default for k, p in inspect.signature(losses.tapnet_loss).parameters.items()}
+  assert (defaults['position_loss_weight'], defaults['expected_dist_thresh'], defaults['huber_loss_delta']) == (
+      0.05, 6.0, 4.0)
+
+
+def test_tapnet_loss_defaults_by_hand():
+  """Reference defaults: Huber weighted 0.05 (delta 4), uncertainty threshold 6 px."""
+  points = jnp.asarray([[[[3.0, 0.0], [7.0, 0.0]]]])  # errors 3 px (quadratic) and 7 px (linear; > 6, < 8)
+  target = jnp.zeros((1, 1, 2, 2))
+  occluded = jnp.zeros((1, 1, 2), bool)
+  occ_logits = jnp.asarray([[[0.0, 1.0]]])
+  expd_logits = jnp.full((1, 1, 2), 2.0)
+  huber, occ, unc = losses.tapnet_loss(points, occ_logits, target, occluded, SHAPE_256, None, expd_logits)
+  np.testing.assert_allclose(huber, 0.05 * (3**2 / 2 + 4 * (7 - 2)) / 2, rtol=1e-6)  # 0.6125
+  np.testing.assert_allclose(occ, (np.log(2) + np.log1p(np.e)) / 2, rtol=1e-6)
+  # 3 px: target 0, BCE = log(1 + e^2); 7 px: target 1 (the old 8 px default gave 0), BCE = log(1 + e^-2).
+  np.testing.assert_allclose(unc, (np.log1p(np.exp(2.0)) + np.log1p(np.exp(-2.0))) / 2, rtol=1e-6)
+  _, _, no_unc = losses.tapnet_loss(points, occ_logits, target, occluded, SHAPE_256)
+  assert float(no_unc) == 0.0
+
+
+def test_tapnet_loss_mask_and_rebalance_by_hand():
+  points = jnp.asarray([[[[2.0, 0.0], [2.0, 0.0]]]])  # 2 px: Huber 2 on each frame
+  target = jnp.zeros((1, 1, 2, 2))
+  occluded = jnp.asarray([[[False, True]]])
+  logits = jnp.zeros((1, 1, 2))  # BCE log 2 per frame
+  mask = jnp.asarray([[[1.0, 0.5]]])
+  huber, occ, _ = losses.tapnet_loss(points, logits, target, occluded, SHAPE_256, mask=mask, rebalance_factor=2.0,
+                                     occlusion_loss_mask=jnp.asarray([[[1.0, 4.0]]]))
+  np.testing.assert_allclose(huber, 0.05 * 2.0 / 2, rtol=1e-6)  # occluded frame 0, still in the mean
+  # visible frame: log2 * 1 * (1 + 2) * 1; occluded frame: log2 * 0.5 * 1 * 4.
+  np.testing.assert_allclose(occ, np.log(2) * (3 + 2) / 2, rtol=1e-6)
 
 
 def test_tapir_loss_sums_every_estimate_with_equal_weight():

@@ -1,0 +1,123 @@
+"""Checkpoint file formats, byte level: the safe reader of the official pickled `.npy`, and our `.npz`.
+
+Public entry points are in `tapir.checkpoint` (`load_checkpoint`, `save_checkpoint`, `read_checkpoint`).
+
+  official  `.npy` (magic b'\\x93NUMPY') of a 0-d object array holding {'params': ..., 'state': ..., extras}.
+            `read_official` parses the header with `numpy.lib.format` and unpickles the payload with an
+            allow-list: containers, strings and numbers are pickle opcodes; the only globals admitted are the
+            numpy functions that rebuild arrays, dtypes and scalars. Anything else (how a crafted file runs code)
+            raises `UnsafeCheckpointError` naming it, before it is called.
+  ours      `.npz` zip (magic b'PK\\x03\\x04') of plain arrays, read with `allow_pickle=False`: entry
+            `__tapir_checkpoint__` is UTF-8 JSON {"format_version", "arrays": [[tree, module, name], ...] (entry
+            `a<i>` holds the i-th), "model_kwargs", "extra"}; nothing in it can run code.
+"""
+
+import json
+import os
+import pickle
+import tempfile
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+NPY_MAGIC = b'\x93NUMPY'
+ZIP_MAGIC = b'PK\x03\x04'
+FORMAT_VERSION = 1  # of our .npz format
+METADATA_ENTRY = '__tapir_checkpoint__'
+
+# Everything numpy's pickles of arrays, dtypes and scalars refer to (numpy 1 and 2 module names). Containers,
+# strings and numbers need no globals: they are pickle opcodes.
+_ALLOWED_GLOBALS = frozenset({
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+    ('numpy', 'ndarray'), ('numpy', 'dtype'),
+    ('_codecs', 'encode'),  # protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1')
+})
+
+
+class UnsafeCheckpointError(ValueError):
+  """A checkpoint's pickle refers to something other than containers, numbers, strings and numpy arrays."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """Rebuilds only containers and numpy arrays/dtypes/scalars; refuses every other global by name."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    if (module, name) in _ALLOWED_GLOBALS:
+      return super().find_class(module, name)
+    raise UnsafeCheckpointError(f'refusing to load {module}.{name}: a checkpoint may contain only dicts, lists, '
+                                'strings, numbers and numpy arrays (the file may have been crafted to run code)')
+
+
+def read_official(path: str, f) -> Any:
+  """The pickled dict of an official .npy, unpickled with the allow-list."""
+  version = npy_format.read_magic(f)
+  if version == (1, 0):
+    shape, _, dtype = npy_format.read_array_header_1_0(f)
+  elif version == (2, 0):
+    shape, _, dtype = npy_format.read_array_header_2_0(f)
+  else:
+    raise ValueError(f'{path}: unsupported .npy format version {version}')
+  if dtype != np.dtype(object):
+    raise ValueError(f"{path} is not a TAPIR checkpoint: expected a pickled dict with 'params' (and 'state'); "
+                     f'got a plain {dtype} array of shape {shape}')
+  try:
+    content = _RestrictedUnpickler(f).load()
+  except UnsafeCheckpointError as e:
+    raise UnsafeCheckpointError(f'{path}: {e}') from None
+  except Exception as e:  # truncated or corrupt pickles raise several kinds
+    raise ValueError(f'{path}: cannot read the pickled checkpoint ({type(e).__name__}: {e})') from e
+  if isinstance(content, np.ndarray) and content.dtype == object and content.shape == ():
+    content = content.item()
+  return content
+
+
+def read_npz(path: str) -> tuple[dict, dict, dict | None, dict]:
+  """(params, state, model settings as stored JSON or None, extra) of one of our .npz checkpoints."""
+  with np.load(path, allow_pickle=False) as npz:
+    if METADATA_ENTRY not in npz.files:
+      raise ValueError(f'{path} is a zip/npz file but not a TAPIR checkpoint (no {METADATA_ENTRY} entry)')
+    meta = json.loads(bytes(npz[METADATA_ENTRY]).decode('utf-8'))
+    if meta.get('format_version') != FORMAT_VERSION:
+      raise ValueError(f'{path}: checkpoint format_version {meta.get("format_version")!r} is not supported '
+                       f'(this library reads version {FORMAT_VERSION})')
+    trees = {'params': {}, 'state': {}}
+    for i, (tree, module, name) in enumerate(meta['arrays']):
+      trees[tree].setdefault(module, {})[name] = npz[f'a{i}']
+  return trees['params'], trees['state'], meta.get('model_kwargs'), meta.get('extra') or {}
+
+
+def write_atomically(path: str, write) -> None:
+  """`write(file)` into a temporary file beside `path`, fsync, then rename over `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def npz_writer(params: Mapping[str, Mapping[str, np.ndarray]], state: Mapping[str, Mapping[str, np.ndarray]],
+               model_kwargs: Mapping[str, Any] | None, extra: Mapping[str, Any]) -> Callable[[Any], None]:
+  """A `write(file)` for `write_atomically` that writes our .npz; raises ValueError for non-JSON settings."""
+  index, arrays = [], {}
+  for tree_name, tree in (('params', params), ('state', state)):
+    for module, leaves in tree.items():
+      for name, value in leaves.items():
+        arrays[f'a{len(index)}'] = value
+        index.append([tree_name, module, name])
+  meta = dict(format_version=FORMAT_VERSION, arrays=index, model_kwargs=model_kwargs, extra=dict(extra))
+  try:
+    encoded = json.dumps(meta).encode('utf-8')
+  except TypeError as e:
+    raise ValueError(f'model_kwargs and extra entries must be JSON-serialisable: {e}') from e
+  arrays[METADATA_ENTRY] = np.frombuffer(encoded, np.uint8)
+  return lambda f: np.savez(f, **arrays)  # a file object: np.savez appends '.npz' only to names
