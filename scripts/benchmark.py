@@ -6,6 +6,20 @@ r"""Speed and memory benchmark: offline forward, online step, training step. Wri
 Each case runs in its own process, so "peak memory" is that process's peak resident set size (model, inputs,
 XLA buffers and compilation included). Times are the median of `--repeats` runs after one warm-up (compile) run;
 the compile time is reported separately. Random weights: speed does not depend on the values.
+
+Training cases:
+  train step, paper recipe      `configs/tapir.py` (batch norm, dense patches, chunk 32), one clip per step;
+  train temporaries, paper      compile only: XLA's temporary buffers of that step at 24 x 256^2 x 256 tracks
+                                (`memory_analysis().temp_size_in_bytes`), with and without `remat_refinement`;
+  gradient, 4 frames            value and gradient of all outputs, full model, 4 x 256^2 x 256 queries, chunk 32,
+                                is_training=True: the comparison point against the reference's training gradient
+                                (compare it with the offline forward of 24 x 256^2 x 256 on the same machine);
+  train step, cpu preset        `configs/tapir.py:cpu` on a fixed batch, and on the real built-in scene stream
+                                (`tapir.data.sources.train_batches` behind the trainer's prefetcher).
+Training uses the dense patch formulation (`bilinear_interp_with_depthwise_conv=True` in the configs): its
+backward pass is matrix products, where the gather's is a scatter-add. Measured on XLA:CPU (2 cores, same
+process): the `cpu` preset's loss gradient 0.55 s dense against 0.91 s gather; the full model's gradient above
+7.7 s either way. The gather stays the CPU default for inference, where it is faster.
 """
 
 import argparse
@@ -29,13 +43,19 @@ CASES = {
         dict(kind='offline', frames=96, size=256, points=256, feature_chunk=16),
         dict(kind='online', frames=16, size=256, points=256),
         dict(kind='train', frames=24, size=256, points=256, batch=1),
+        dict(kind='train_memory', frames=24, size=256, points=256, remat=False),
+        dict(kind='train_memory', frames=24, size=256, points=256, remat=True),
+        dict(kind='gradient', frames=4, size=256, points=256),
+        dict(kind='gradient', frames=4, size=256, points=256, dense=False),
         dict(kind='train_cpu_preset'),
         dict(kind='train_cpu_preset', dense=False),
+        dict(kind='train_cpu_preset', data=True),
     ],
     'quick': [
         dict(kind='offline', frames=8, size=128, points=64),
         dict(kind='online', frames=8, size=128, points=64),
         dict(kind='train_cpu_preset'),
+        dict(kind='train_cpu_preset', data=True),
     ],
 }
 
@@ -68,6 +88,15 @@ def run_case(case: dict, repeats: int) -> dict:
     frames, size, points, batch = (config.data.num_frames, config.data.train_size[0], config.data.tracks_per_clip,
                                    config.data.per_device_batch)
     chunk = config.train_chunk_size
+  elif kind in ('train', 'train_memory', 'gradient'):  # the paper recipe's model and chunking
+    from configs import tapir as tapir_configs  # pylint: disable=g-import-not-at-top
+    config = tapir_configs.get_config()
+    kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(config.model).items()}
+    for key, name in (('dense', 'bilinear_interp_with_depthwise_conv'), ('remat', 'remat_refinement')):
+      if key in case:
+        kwargs[name] = case[key]
+    frames, size, points, batch = case['frames'], case['size'], case['points'], case.get('batch', 1)
+    chunk = case.get('chunk', config.train_chunk_size)
   else:
     kwargs = dict(pyramid_level=0, bilinear_interp_with_depthwise_conv=case.get('dense', False),
                   feature_extractor_chunk_size=case.get('feature_chunk'), use_causal_conv=kind == 'online')
@@ -89,6 +118,15 @@ def run_case(case: dict, repeats: int) -> dict:
     frames_u8 = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
     tracker.start(frames_u8[0], np.asarray(queries[0, :, 1:]))
     run = lambda: tracker.step(frames_u8[1])
+  elif kind == 'gradient':
+    # Value and gradient of all outputs; batch norm's local-batch statistics (no mapped axis here).
+    kwargs['cross_replica_axis'] = None
+    model = hk.transform_with_state(lambda v, q: tapir.TAPIR(**kwargs)(v, True, q, query_chunk_size=chunk))
+    params, state = model.init(jax.random.PRNGKey(0), video, queries)
+    total = lambda p: sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(
+        model.apply(p, state, jax.random.PRNGKey(1), video, queries)[0]))
+    grad = jax.jit(jax.value_and_grad(total))
+    run = lambda: grad(params)
   else:
     model = training.make_model(kwargs, chunk)
 
@@ -108,9 +146,21 @@ def run_case(case: dict, repeats: int) -> dict:
         jax.random.PRNGKey(0)[None], batch_arrays)
     step = jax.pmap(training.make_train_step(model, optimizer, Loss), axis_name=training.AXIS)
     holder = [train_state]
+    if kind == 'train_memory':  # compile only: XLA's temporaries of one step
+      compiled = jax.jit(jax.vmap(training.make_train_step(model, optimizer, Loss), axis_name=training.AXIS))
+      start = time.perf_counter()
+      memory = compiled.lower(train_state, batch_arrays).compile().memory_analysis()
+      return dict(case=case, frames=frames, size=size, points=points, batch=batch, seconds=None,
+                  compile_seconds=time.perf_counter() - start, peak_mb=memory.temp_size_in_bytes / 2**20)
+    batches = None
+    if case.get('data'):  # the real built-in scene stream, made ahead in the trainer's prefetcher
+      from tapir import trainer  # pylint: disable=g-import-not-at-top
+      from tapir.data import sources  # pylint: disable=g-import-not-at-top
+      batches = sources.Prefetcher(sources.train_batches(config, 0), config.data.get('prefetch', 2),
+                                   transform=trainer._put_on_devices)  # pylint: disable=protected-access
 
     def run():
-      holder[0], metrics = step(holder[0], batch_arrays)
+      holder[0], metrics = step(holder[0], batch_arrays if batches is None else next(batches))
       return metrics
 
   start = time.perf_counter()
@@ -123,6 +173,8 @@ def run_case(case: dict, repeats: int) -> dict:
     times.append(time.perf_counter() - start)
   steady = _median(times)
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  if kind == 'train_cpu_preset' and case.get('data'):
+    batches.close()
   return dict(case=case, frames=frames, size=size, points=points, batch=batch, seconds=steady,
               compile_seconds=max(first - steady, 0.0), peak_mb=peak_mb)
 
@@ -143,7 +195,13 @@ def _label(r) -> str:
   c = r['case']
   kind = c['kind']
   if kind == 'train_cpu_preset':
-    return 'train step, `configs/tapir.py:cpu`' + (' (gather patches)' if c.get('dense') is False else '')
+    return 'train step, `configs/tapir.py:cpu`' + (' (gather patches)' if c.get('dense') is False else '') + (
+        ' (built-in scene stream)' if c.get('data') else ' (fixed batch)')
+  if kind == 'train_memory':
+    return 'train step temporaries, paper recipe' + (' (remat_refinement)' if c.get('remat') else ' (no remat)')
+  if kind in ('train', 'gradient'):
+    what = 'train step, paper recipe' if kind == 'train' else 'gradient of all outputs, paper model, chunk 32'
+    return what + (' (gather patches)' if c.get('dense') is False else '')
   extra = []
   if c.get('dense'):
     extra.append('dense patches')
@@ -161,8 +219,10 @@ def to_markdown(results, machine: str) -> str:
     if 'error' in r:
       lines.append(f'| {r["case"]} | | failed: {r["error"][:80]} | | |')
       continue
+    seconds = 'compile only' if r['seconds'] is None else f'{r["seconds"]:.2f}'
+    memory = f'{r["peak_mb"] / 1024:.1f}' + (' (XLA temporaries)' if r['case']['kind'] == 'train_memory' else '')
     lines.append(f'| {_label(r)} | {r["batch"]} × {r["frames"]} × {r["size"]}² × {r["points"]} | '
-                 f'{r["seconds"]:.2f} | {r["compile_seconds"]:.1f} | {r["peak_mb"] / 1024:.1f} |')
+                 f'{seconds} | {r["compile_seconds"]:.1f} | {memory} |')
   return '\n'.join(lines) + '\n'
 
 

@@ -18,8 +18,11 @@ import optax
 
 from tapir import losses
 from tapir.models import tapir as tapir_lib
+from tapir.models import tapnet as tapnet_lib
 
 AXIS = 'i'
+# config.model_kind: which model `config.model` configures; each kind has its own loss (configs/tapnet.py).
+MODEL_KINDS = ('tapir', 'tapnet')
 # Parameters whose module path contains one of these, or named 'b' (biases), are not weight-decayed.
 NO_DECAY_SUBSTRINGS = ('layer_norm', 'batch_norm', '_bn', 'linear_classifier')
 
@@ -63,10 +66,22 @@ def make_optimizer(config, num_devices: int = 1) -> optax.GradientTransformation
   return optax.apply_if_finite(chain, max_consecutive_errors=config.max_consecutive_nonfinite)
 
 
-def make_model(model_kwargs: Mapping[str, Any], train_chunk_size: int) -> hk.TransformedWithState:
+def model_kind(config) -> str:
+  """`config.model_kind` ('tapir' when the config has no such field), checked against MODEL_KINDS."""
+  kind = config.get('model_kind', 'tapir')
+  if kind not in MODEL_KINDS:
+    raise ValueError(f'model_kind must be one of {MODEL_KINDS}; got {kind!r}')
+  return kind
+
+
+def make_model(model_kwargs: Mapping[str, Any], train_chunk_size: int,
+               kind: str = 'tapir') -> hk.TransformedWithState:
   """The training forward pass: video + queries -> the model's output dict (is_training=True)."""
 
   def forward(video, query_points, is_training=True):
+    if kind == 'tapnet':
+      return tapnet_lib.TAPNet(**model_kwargs)(video, is_training, query_points,
+                                               query_chunk_size=train_chunk_size)
     model = tapir_lib.TAPIR(**model_kwargs)
     return model(video, is_training=is_training, query_points=query_points, query_chunk_size=train_chunk_size)
 
@@ -78,11 +93,36 @@ def nonfinite_count(opt_state) -> jax.Array:
   return opt_state.total_notfinite
 
 
-def make_train_step(model: hk.TransformedWithState, optimizer: optax.GradientTransformation, loss_config):
+def tapnet_loss_terms(
+    outputs: Mapping[str, jax.Array],  # TAPNet's output dict
+    target_points: jax.Array,  # [b, n, t, 2] (x, y)
+    target_occluded: jax.Array,  # [b, n, t] bool
+    video_shape,  # [b, t, h, w, 3]
+    position_loss_weight: float = losses.POSITION_LOSS_WEIGHT,
+    huber_delta: float = losses.HUBER_DELTA,
+) -> losses.LossTerms:
+  """TAP-Net's single loss term (no refinement estimates, no uncertainty head), as one-element LossTerms.
+
+  total = position_loss_weight * Huber + occlusion BCE (`losses.tapnet_loss`); `position` is unweighted.
+  """
+  position, occlusion, uncertainty = losses.tapnet_loss(
+      outputs['tracks'], outputs['occlusion'], target_points, target_occluded, video_shape,
+      position_loss_weight=1.0, huber_loss_delta=huber_delta)  # `position` unweighted, as in tapir_loss
+  return losses.LossTerms(total=position_loss_weight * position + occlusion, position=position[None],
+                          occlusion=occlusion[None], uncertainty=uncertainty[None])
+
+
+def make_train_step(model: hk.TransformedWithState, optimizer: optax.GradientTransformation, loss_config,
+                    kind: str = 'tapir'):
   """Returns `train_step(state, batch) -> (state, metrics)`, to be run under pmap with axis `AXIS`."""
 
   def loss_fn(params, hk_state, rng, batch):
     outputs, hk_state = model.apply(params, hk_state, rng, batch['video'], batch['query_points'])
+    if kind == 'tapnet':
+      terms = tapnet_loss_terms(outputs, batch['target_points'], batch['occluded'], batch['video'].shape,
+                                position_loss_weight=loss_config.position_loss_weight,
+                                huber_delta=loss_config.huber_delta)
+      return terms.total, (terms, hk_state)
     terms = losses.tapir_loss(outputs, batch['target_points'], batch['occluded'], batch['video'].shape,
                               position_loss_weight=loss_config.position_loss_weight,
                               huber_delta=loss_config.huber_delta,

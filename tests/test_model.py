@@ -130,3 +130,59 @@ def test_unsupported_arguments_raise(rng):
     _run(TINY, video, queries, get_query_feats=True)
   with pytest.raises(ValueError, match='normalization'):
     _run({**TINY, 'normalization': 'groupnorm'}, video, queries)
+
+
+def _training_gradient(kwargs, video, queries, chunk, loss_of_outputs, params=None):
+  """(params and state, jitted gradient of loss_of_outputs(outputs) w.r.t. the params) of an is_training
+  forward with rng=None (queries in their own order, so the first chunk is the first `chunk` queries)."""
+  model = hk.transform_with_state(
+      lambda v, q: tapir.TAPIR(**kwargs)(v, is_training=True, query_points=q, query_chunk_size=chunk))
+  if params is None:
+    params = model.init(jax.random.PRNGKey(0), video, queries)
+  grad = jax.jit(jax.grad(lambda p: loss_of_outputs(model.apply(p, params[1], None, video, queries)[0])))
+  return params, grad
+
+
+def test_training_chunks_after_the_first_get_no_refinement_gradient(rng):
+  kwargs = {**TINY, 'bilinear_interp_with_depthwise_conv': True}
+  video, queries = _inputs(rng, n=6)
+  params, _ = _training_gradient(kwargs, video, queries, 2, lambda out: 0.0)
+
+  def gradient(loss, params):  # chunks of 2: queries 0-1 are the first chunk, 2-5 the later ones
+    return _training_gradient(kwargs, video, queries, 2, loss, params)[1](params[0])
+
+  total = lambda g, part: sum(float(jnp.abs(v).sum()) for m, leaves in g.items() if part in m
+                              for v in leaves.values())
+  later = gradient(lambda out: jnp.sum(out['tracks'][:, 2:]), params)
+  first = gradient(lambda out: jnp.sum(out['tracks'][:, :2]), params)
+  assert total(later, 'pips_mlp_mixer') == 0  # refinement of chunks 2 and 3: no gradient at all
+  assert total(first, 'pips_mlp_mixer') > 0
+  init = gradient(lambda out: jnp.sum(out['unrefined_occlusion'][0][:, 2:]), params)
+  assert total(init, 'cost_volume') > 0 and total(init, 'resnet') > 0  # every chunk's initialisation is trained
+
+
+def test_training_chunked_values_equal_unchunked(rng):
+  video, queries = _inputs(rng, n=7)
+  def run(chunk):
+    model = hk.transform_with_state(
+        lambda v, q: tapir.TAPIR(**TINY)(v, is_training=True, query_points=q, query_chunk_size=chunk))
+    params = model.init(jax.random.PRNGKey(0), video, queries)
+    return jax.jit(model.apply)(*params, jax.random.PRNGKey(1), video, queries)[0]
+  whole, chunked = run(None), run(3)
+  for key in ('tracks', 'occlusion', 'expected_dist'):
+    np.testing.assert_allclose(chunked[key], whole[key], atol=1e-4, err_msg=key)
+
+
+def test_training_gradient_memory_grows_with_the_chunk_not_the_number_of_queries():
+  """Compiled temporaries of the training gradient: 4 chunks ~ 1 chunk of the same size; a 2x chunk costs more."""
+  kwargs = dict(TINY, num_mixer_blocks=2, mixer_hidden_dim=64, bilinear_interp_with_depthwise_conv=True)
+
+  def temporaries(num_points, chunk):
+    video, queries = _inputs(np.random.default_rng(0), t=8, n=num_points)
+    params, grad = _training_gradient(kwargs, video, queries, chunk, lambda out: sum(
+        jnp.sum(x) for x in jax.tree_util.tree_leaves(out)))
+    return grad.lower(params[0]).compile().memory_analysis().temp_size_in_bytes
+
+  one_chunk, four_chunks, double_chunk = temporaries(16, 16), temporaries(64, 16), temporaries(32, 32)
+  assert four_chunks < 1.3 * one_chunk, (one_chunk, four_chunks)
+  assert double_chunk > 1.3 * one_chunk, (one_chunk, double_chunk)

@@ -160,15 +160,17 @@ class TemporalDepthwiseConv(hk.Module):
     init = hk.initializers.TruncatedNormal(stddev=1.0 / jnp.sqrt(TEMPORAL_KERNEL))
     w = hk.get_parameter('w', [TEMPORAL_KERNEL, 1, out_channels], x.dtype, init=init)
     b = hk.get_parameter('b', [out_channels], x.dtype, init=jnp.zeros)
-    if self._multiplier > 1:
-      x = jnp.repeat(x, self._multiplier, axis=-1)
     before = TEMPORAL_KERNEL - 1 if self._causal else (TEMPORAL_KERNEL - 1) // 2
     after = TEMPORAL_KERNEL - 1 - before
-    x = jnp.pad(x, ((0, 0), (before, after), (0, 0)))
-    out = b
+    x = jnp.pad(x, ((0, 0), (before, after), (0, 0)))[..., None]  # [p, t + 2, c, 1]
+    # Output channel c * multiplier + m is input channel c times w[k, 0, c * multiplier + m]: broadcasting the
+    # input over a trailing multiplier axis (instead of repeating it) keeps the backward pass's residuals at the
+    # input's width, not the output's; the products and their order are the same.
+    w = w.reshape(TEMPORAL_KERNEL, c, self._multiplier)
+    out = b.reshape(c, self._multiplier)
     for k in range(TEMPORAL_KERNEL):
-      out = out + w[k, 0] * x[:, k:k + t]
-    return out
+      out = out + w[k] * x[:, k:k + t]
+    return out.reshape(p, t, out_channels)
 
 
 class MixerBlock(hk.Module):

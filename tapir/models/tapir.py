@@ -13,6 +13,7 @@ Resolution levels: the initial estimate is computed at `initial_resolution`; ref
 kept in pixels of the initial resolution internally and scaled to the video's pixels for output.
 """
 
+import contextlib
 import math
 from typing import Any, NamedTuple, Sequence
 
@@ -309,11 +310,15 @@ class TAPIR(hk.Module):
         iteration, (points, occ, expd, feats), contexts, length=self.num_pips_iter)
     return all_points, all_occ, all_expd, new_contexts
 
-  def _estimate_chunk(self, feature_grids, query_lowres, query_hires, query_points, video_size, contexts):
+  def _estimate_chunk(self, feature_grids, query_lowres, query_hires, query_points, video_size, contexts,
+                      refinement_gradients: bool = True):
     """Initialisation and every refinement iteration for one chunk of queries.
 
     query_lowres / query_hires: per resolution entry, [b, n, c]. query_points: [b, n, 3] in video pixels or
     None. contexts: None, or per refinement level the stacked causal contexts of its iterations.
+    refinement_gradients=False: the refinement iterations read only stop-gradient inputs and parameters, so
+    differentiating the chunk builds no backward pass (and keeps no residuals) for them; the cost-volume
+    initialisation keeps its gradients either way. Values are the same.
     Returns (points, occlusion, expected_dist) stacked over the 1 + num_iters estimates ([k, b, n, t, ...]),
     tracks in initial-resolution pixels, and the new contexts.
     """
@@ -327,19 +332,26 @@ class TAPIR(hk.Module):
 
     tracks, occlusion, expected_dist, new_contexts = [points0[None]], [initial.occlusion[None]], [
         initial.expected_dist[None]], []
-    points = points0
+    refine_inputs = (feature_grids, points0, initial.occlusion, initial.expected_dist, query_hires, query_lowres)
+    if not refinement_gradients:
+      refine_inputs = jax.lax.stop_gradient(refine_inputs)
+    grids_in, points, occ0, expd0, hires_in, lowres_in = refine_inputs
     resolutions = feature_grids.resolutions
-    for level in range(1, len(feature_grids.lowres)):
-      grids = refinement.pyramid(feature_grids.hires[level], feature_grids.lowres[level], self.pyramid_level)
-      level_points, level_occ, level_expd, level_context = self._refine_level(
-          grids, resolutions[level], points, initial.occlusion, initial.expected_dist, query_hires[level],
-          query_lowres[level], None if contexts is None else contexts[level - 1])
-      tracks.append(level_points)
-      occlusion.append(level_occ)
-      expected_dist.append(level_expd)
-      new_contexts.append(level_context)
-      # The next level starts from these positions; logits restart from the initialisation.
-      points = level_points[-1]
+    with contextlib.ExitStack() as stack:
+      if not refinement_gradients:  # the shared weights, too, enter these iterations as constants
+        stop = lambda next_getter, value, _: jax.lax.stop_gradient(next_getter(value))
+        stack.enter_context(hk.custom_getter(stop))
+      for level in range(1, len(grids_in.lowres)):
+        grids = refinement.pyramid(grids_in.hires[level], grids_in.lowres[level], self.pyramid_level)
+        level_points, level_occ, level_expd, level_context = self._refine_level(
+            grids, resolutions[level], points, occ0, expd0, hires_in[level], lowres_in[level],
+            None if contexts is None else contexts[level - 1])
+        tracks.append(level_points)
+        occlusion.append(level_occ)
+        expected_dist.append(level_expd)
+        new_contexts.append(level_context)
+        # The next level starts from these positions; logits restart from the initialisation.
+        points = level_points[-1]
     return (jnp.concatenate(tracks), jnp.concatenate(occlusion), jnp.concatenate(expected_dist),
             None if contexts is None else new_contexts)
 
@@ -402,20 +414,30 @@ class TAPIR(hk.Module):
         index=jnp.arange(num_chunks),
     )
 
-    def run_chunk(_, xs):
-      points, occ, expd, ctx = self._estimate_chunk(feature_grids, xs['lowres'], xs['hires'], xs['points'],
-                                                    video_size, xs['contexts'])
-      # Only the first chunk back-propagates through refinement (bounds training memory; values unchanged).
-      first = xs['index'] == 0
-      keep = lambda x: jnp.concatenate([x[:1], jnp.where(first, x[1:], jax.lax.stop_gradient(x[1:]))])
-      points, occ, expd = keep(points), keep(occ), keep(expd)
-      return None, (points, occ, expd, ctx)
+    def run_chunk(xs, refinement_gradients):
+      return self._estimate_chunk(feature_grids, xs['lowres'], xs['hires'], xs['points'], video_size,
+                                  xs['contexts'], refinement_gradients)
 
+    first = jax.tree_util.tree_map(lambda x: x[0], chunked)
     if num_chunks == 1:
-      _, out = run_chunk(None, jax.tree_util.tree_map(lambda x: x[0], chunked))
-      out = jax.tree_util.tree_map(lambda x: x[None], out)
+      out = jax.tree_util.tree_map(lambda x: x[None], run_chunk(first, True))
+    elif is_training:
+      # Only the first chunk back-propagates through refinement, as in the reference. It runs on its own; the
+      # other chunks run in a scan whose refinement sees only stop-gradient inputs and weights, so the gradient
+      # builds no backward pass and keeps no residuals for them (training memory grows with the chunk size, not
+      # with the number of queries). Their cost-volume initialisations keep their gradients.
+      rest = jax.tree_util.tree_map(lambda x: x[1:], chunked)
+      out_first = run_chunk(first, True)
+      _, out_rest = hk.scan(lambda _, xs: (None, run_chunk(xs, False)), None, rest)
+      out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), out_first, out_rest)
     else:
-      _, out = hk.scan(run_chunk, None, chunked)
+      def run_inference_chunk(_, xs):
+        points, occ, expd, ctx = run_chunk(xs, True)
+        # As in training, only the first chunk's refinement outputs carry gradients (values unchanged).
+        keep = lambda x: jnp.concatenate([x[:1], jnp.where(xs['index'] == 0, x[1:], jax.lax.stop_gradient(x[1:]))])
+        return None, (keep(points), keep(occ), keep(expd), ctx)
+
+      _, out = hk.scan(run_inference_chunk, None, chunked)
 
     inverse = jnp.argsort(order[:n]) if num_chunks > 1 else jnp.arange(n)
 
