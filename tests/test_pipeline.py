@@ -1,23 +1,17 @@
 """The MOVi-E tf.data path: TFDS-structured examples -> batches [devices, batch, ...] with the right contents."""
 
+import functools
+
 import numpy as np
 import pytest
 
+from movi_e_testdata import golden_example
+from movi_e_testdata import nested as _nested
+from movi_e_testdata import NUM_EXAMPLES
+from movi_e_testdata import tiny_movi_e_builder
 from tapir.data import pipeline
 
 tf = pytest.importorskip('tensorflow')
-
-
-def _nested(example):
-  """Flat fixture keys -> TFDS's nested feature dicts."""
-  out = {}
-  for key, value in example.items():
-    *groups, leaf = key.split('/')
-    target = out
-    for g in groups:
-      target = target.setdefault(g, {})
-    target[leaf] = value
-  return out
 
 
 def test_tf_dataset_to_batches(golden_dir):
@@ -43,45 +37,10 @@ def test_flatten_joins_nested_keys():
   assert sorted(flat) == ['camera/positions', 'video']
 
 
-def _tiny_movi_e_builder(tfds, data):
-  """A TFDS builder with MOVi-E's feature structure (videos PNG-encoded per frame, instances as a Sequence)."""
-  t, h, w = data['input/video'].shape[:3]
-  video = lambda channels, dtype: tfds.features.Video(shape=(None, h, w, channels), dtype=dtype)
-  tensor = lambda shape, dtype: tfds.features.Tensor(shape=shape, dtype=dtype)
-
-  class TinyMoviE(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version('1.0.0')
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          'video': video(3, np.uint8), 'segmentations': video(1, np.uint8), 'depth': video(1, np.uint16),
-          'normal': video(3, np.uint16), 'object_coordinates': video(3, np.uint16),
-          'metadata': {'depth_range': tensor((2,), np.float32), 'num_frames': tensor((), np.int32),
-                       'num_instances': tensor((), np.uint16), 'height': tensor((), np.int32),
-                       'width': tensor((), np.int32)},
-          'camera': {'focal_length': tensor((), np.float32), 'sensor_width': tensor((), np.float32),
-                     'field_of_view': tensor((), np.float32), 'positions': tensor((t, 3), np.float32),
-                     'quaternions': tensor((t, 4), np.float32)},
-          'instances': tfds.features.Sequence({
-              'positions': tensor((t, 3), np.float32), 'quaternions': tensor((t, 4), np.float32),
-              'bboxes_3d': tensor((t, 8, 3), np.float32), 'scale': tensor((), np.float32)}),
-      }))
-
-    def _split_generators(self, dl_manager):
-      return {'train': self._generate_examples()}
-
-    def _generate_examples(self):
-      example = _nested({k[len('input/'):]: data[k] for k in data.files if k.startswith('input/')})
-      for i in range(3):
-        yield i, example
-
-  return TinyMoviE
-
-
 def test_tfds_record_round_trips_into_training_batches(golden_dir, tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets')
   data = np.load(golden_dir / 'kubric_tracks_tiny.npz')
-  builder = _tiny_movi_e_builder(tfds, data)(data_dir=str(tmp_path))
+  builder = tiny_movi_e_builder(tfds, golden_dir)(data_dir=str(tmp_path))
   builder.download_and_prepare()
 
   # What the reader gets back from the record is what was written.
@@ -103,3 +62,44 @@ def test_tfds_record_round_trips_into_training_batches(golden_dir, tmp_path):
   on_query_frame = np.take_along_axis(batch['target_points'], t[..., None, None], axis=-2)[..., 0, :]
   np.testing.assert_allclose(on_query_frame, q[..., ::-1][..., :2], atol=1e-3)
   assert not np.take_along_axis(batch['occluded'], t[..., None], axis=-1).any()
+
+
+@functools.cache  # TFDS registers builder classes by name: define it once per process
+def _distinct_movi_e_builder(tfds, golden_dir):
+  """The tiny MOVi-E builder whose 3 examples differ: example i's colours are shifted by 40 i."""
+
+  class TinyMoviEDistinct(tiny_movi_e_builder(tfds, golden_dir)):
+
+    def _generate_examples(self):
+      example = _nested(golden_example(golden_dir))
+      for i in range(NUM_EXAMPLES):
+        yield i, {**example, 'video': ((example['video'].astype(np.int32) + 40 * i) % 256).astype(np.uint8)}
+
+  return TinyMoviEDistinct
+
+
+def test_movi_e_resume_sees_the_batches_of_an_uninterrupted_run(golden_dir, tmp_path):
+  """Batch k of the MOVi-E stream is a function of (seed, k): a stream started at batch 3 yields batches 3, 4, 5."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  builder = _distinct_movi_e_builder(tfds, golden_dir)
+  builder(data_dir=str(tmp_path)).download_and_prepare()
+  kwargs = dict(data_dir=str(tmp_path), name=builder.name, per_device_batch=1, tracks_to_sample=8,
+                train_size=(32, 32), shuffle_buffer=2, num_workers=2)
+
+  def first(n, **more):
+    stream = pipeline.movi_e_dataset(**kwargs, **more)
+    return [next(stream) for _ in range(n)]
+
+  straight = first(6, seed=3)
+  resumed = first(3, seed=3, start_batch=3)
+  for k in range(3):
+    for key in straight[3 + k]:
+      np.testing.assert_array_equal(resumed[k][key], straight[3 + k][key], err_msg=f'batch {3 + k} {key}')
+  # The resumed stream holds the same examples, not only the same random choices: all 3 videos take part.
+  assert len({float(b['video'].mean()) for b in straight}) == 6
+  assert len({float(b['video'].mean()) for b in first(6, seed=3, color_augmentation=False, random_crop=False)}) == 3
+  # Seed s resumed at 3 is not seed s + 3 from the start (what reseeding with seed + step gave).
+  other = first(3, seed=6)
+  assert any(not np.array_equal(o['query_points'], r['query_points']) for o, r in zip(other, resumed))
+  with pytest.raises(ValueError, match='start_batch'):
+    pipeline.movi_e_dataset(**kwargs, start_batch=-1)

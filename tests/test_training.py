@@ -1,5 +1,6 @@
 """Training: optimiser rules, the pmapped step, the runner, resume, multi-device and multi-process."""
 
+import itertools
 import json
 import os
 import socket
@@ -99,6 +100,15 @@ def test_runner_smoke_resume_and_export(tmp_path):
   params, _ = tapir.load_checkpoint(exported)
   assert tapir.checkpoint.read_model_kwargs(exported) == trainer.model_kwargs(config)
 
+  # Fine-tuning starts from the exported weights; a config whose model contradicts the stored settings is refused.
+  tuned = trainer.train_and_evaluate(_tiny(**{'training_steps': 2, 'eval.every_steps': 100,
+                                              'init_from': exported}), str(tmp_path / 'tuned'))
+  assert tuned['step'] == 2
+  with pytest.raises(ValueError, match='num_mixer_blocks'):
+    trainer.train_and_evaluate(_tiny(**{'training_steps': 2, 'init_from': exported,
+                                        'model.num_mixer_blocks': config.model.num_mixer_blocks + 1}),
+                               str(tmp_path / 'contradicting'))
+
   first = trainer.train_and_evaluate(config, str(tmp_path / 'resumed'), stop_at=2)
   assert first['step'] == 2 and first['exported'] is None
   resumed = trainer.train_and_evaluate(config, str(tmp_path / 'resumed'))
@@ -113,7 +123,7 @@ def test_absl_runner_two_steps(tmp_path):
        str(tmp_path), '--config.eval.every_steps=100'],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert (tmp_path / 'tapir_checkpoint.npy').exists()
+  assert (tmp_path / 'tapir_checkpoint.npz').exists()
   history = [json.loads(line) for line in (tmp_path / 'train_history.json').read_text().splitlines()]
   assert [h['step'] for h in history] == [1, 2]
   bad = subprocess.run([sys.executable, '-m', 'experiments.train', '--config', 'configs/tapir.py:tiny',
@@ -222,3 +232,106 @@ def test_remat_refinement_changes_memory_not_numbers():
   np.testing.assert_allclose(metrics_a['loss'], metrics_b['loss'], rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(state_a.params), jax.tree_util.tree_leaves(state_b.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _tiny_batches(config, nan_from_step=None):
+  """`start_step -> batches`: `_fixed_batch` with seed = step, NaN video from step `nan_from_step` on."""
+
+  def batches(start_step):
+    for step in itertools.count(start_step + 1):  # the batch of step `step` (1-based)
+      batch = _fixed_batch(config, seed=step)
+      if nan_from_step is not None and step >= nan_from_step:
+        batch['video'] = np.full_like(batch['video'], np.nan)
+      yield batch
+
+  return batches
+
+
+def test_nonfinite_steps_stop_the_run_after_checkpointing_the_last_good_state(tmp_path):
+  config = _tiny(**{'training_steps': 10, 'optimizer.max_consecutive_nonfinite': 2, 'eval.every_steps': 2,
+                    'optimizer.warmup_steps': 1})
+  seen = {}
+
+  def remember(params, state, step):
+    seen[step] = params
+    return {}
+
+  with pytest.raises(FloatingPointError, match=r'steps 3\.\.4: 2 non-finite.*stopped at step 4'):
+    trainer.train_and_evaluate(config, str(tmp_path), train_data=_tiny_batches(config, nan_from_step=3),
+                               evaluate_fn=remember)
+  assert sorted(seen) == [2]  # evaluated at step 2, stopped before step 4's evaluation
+  # The checkpoint of step 4 holds step 2's parameters (finite; the bad updates were never applied) and resumes.
+  resumed = trainer.train_and_evaluate(_tiny(**{'training_steps': 4}), str(tmp_path),
+                                       train_data=_tiny_batches(config), evaluate_fn=lambda *a: {})
+  assert resumed['step'] == 4
+  assert int(np.asarray(resumed['state'].opt_state.notfinite_count)) == 0
+  for a, b in zip(jax.tree_util.tree_leaves(resumed['state'].params), jax.tree_util.tree_leaves(seen[2])):
+    assert np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+  assert [json.loads(r)['step'] for r in (tmp_path / 'train_history.json').read_text().splitlines()] == [1, 2, 3]
+
+
+def test_history_files_have_one_row_per_step_after_a_resume(tmp_path):
+  config = _tiny(**{'training_steps': 3, 'checkpoint_every_steps': 1, 'eval.every_steps': 1})
+  evaluate = lambda params, state, step: {'evaluated_at': step}
+  trainer.train_and_evaluate(config, str(tmp_path), train_data=_tiny_batches(config), evaluate_fn=evaluate,
+                             stop_at=2)
+  for name in trainer.HISTORY_FILES:  # as if the first run had logged step 3 and died before checkpointing it
+    with open(tmp_path / name, 'a') as f:
+      f.write(json.dumps({'step': 3, 'loss': -1.0, 'evaluated_at': -1}) + '\n')
+  result = trainer.train_and_evaluate(config, str(tmp_path), train_data=_tiny_batches(config),
+                                      evaluate_fn=evaluate)
+  train = [json.loads(r) for r in (tmp_path / 'train_history.json').read_text().splitlines()]
+  evals = [json.loads(r) for r in (tmp_path / 'eval_history.json').read_text().splitlines()]
+  assert [r['step'] for r in train] == [1, 2, 3] and train[-1]['loss'] != -1.0
+  assert [(r['step'], r['evaluated_at']) for r in evals] == [(1, 1), (2, 2), (3, 3)]
+  assert all(r['steps_per_second'] > 0 and 0 <= r['data_wait_fraction'] <= 1 for r in train)
+  timings = result['timings']
+  assert timings.total > 0 and 0 <= timings.overhead_fraction() <= 1
+
+
+def test_prefetched_batches_are_the_batches_in_order():
+  from tapir.data import sources  # pylint: disable=g-import-not-at-top
+  config = _tiny(**{'data.per_device_batch': 2})
+  plain = list(itertools.islice(sources.train_batches(config, 3), 4))
+  prefetcher = sources.Prefetcher(sources.train_batches(config, 3), size=2, transform=trainer._put_on_devices)
+  fetched = list(itertools.islice(prefetcher, 4))
+  prefetcher.close()
+  for a, b in zip(plain, fetched):
+    assert sorted(a) == sorted(b)
+    for key in a:
+      assert isinstance(b[key], jax.Array)
+      np.testing.assert_array_equal(a[key], np.asarray(b[key]), err_msg=key)
+  # Batch k of the stream is a function of (seed, k): the stream from step 3 continues the stream from 0.
+  np.testing.assert_array_equal(list(itertools.islice(sources.train_batches(config, 0), 4))[3]['video'],
+                                plain[0]['video'])
+
+  def failing():
+    yield {'x': np.zeros(1)}
+    raise RuntimeError('broken source')
+
+  stream = sources.Prefetcher(failing(), size=1)
+  assert next(stream)['x'].shape == (1,)
+  with pytest.raises(RuntimeError, match='broken source'):
+    next(stream)
+  with pytest.raises(ValueError, match='size'):
+    sources.Prefetcher([], size=0)
+
+
+def test_synthetic_evaluation_set_is_rendered_once(monkeypatch):
+  from tapir.data import sources  # pylint: disable=g-import-not-at-top
+  from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
+  sources._rendered_evaluation_set.cache_clear()  # pylint: disable=protected-access
+  rendered = []
+  generate = synthetic.generate_scene
+  monkeypatch.setattr(synthetic, 'generate_scene', lambda seed, scenes: rendered.append(seed) or generate(seed,
+                                                                                                           scenes))
+  scenes = sources.scene_config(_tiny(), (32, 32))
+  first = list(sources.synthetic_evaluation_set(2, 'first', scenes, tracks=8))
+  strided = list(sources.synthetic_evaluation_set(2, 'strided', scenes, tracks=8))
+  again = list(sources.synthetic_evaluation_set(2, 'first', scenes, tracks=8))
+  assert rendered == [0, 1]
+  assert [e.video_name for e in strided] == [e.video_name for e in first]
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a.video, b.video)
+    np.testing.assert_array_equal(a.query_points, b.query_points)

@@ -6,15 +6,20 @@ Training sources (`config.data.source`), all yielding batches `[local_devices, p
   'movi_e'     MOVi-E (or panning MOVi-E) from TFDS through the tf.data pipeline (`tapir.data.pipeline`).
   'custom'     any iterable of example dicts (`custom_factory = 'package.module:function'`, called with the
                config, returning the iterable), checked with `tapir.data.validation.validate_example`.
-Each process reads its own shard: example indices are interleaved by `jax.process_index()`.
+Each process reads its own shard: example indices are interleaved by `jax.process_index()`. Every source's batch k
+is a function of (seed, k), so a run resumed at step k sees the batches an uninterrupted run would have seen.
+The trainer runs the stream in a background thread a few batches ahead (`Prefetcher`).
 
-Evaluation (`config.eval`): the held-out synthetic set (`synthetic.EVAL_SEEDS`), or a TAP-Vid reader by name.
+Evaluation (`config.eval`): the held-out synthetic set (`synthetic.EVAL_SEEDS`; rendered once per process and
+kept in memory, see `synthetic_evaluation_set`), or a TAP-Vid reader by name.
 """
 
 import importlib
 import itertools
+import functools
 import queue
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from absl import logging
@@ -76,52 +81,99 @@ def _batches(examples: Iterator[Mapping[str, np.ndarray]], config, validate: boo
            for k in EXAMPLE_KEYS}
 
 
-def prefetch(iterator: Iterator[Any], size: int = 2) -> Iterator[Any]:
-  """Runs `iterator` in a background thread, `size` items ahead (data generation overlaps the train step)."""
-  items: queue.Queue = queue.Queue(maxsize=size)
-  done = object()
+class Prefetcher:
+  """Runs `iterator` in a background thread, `size` items ahead, applying `transform` there (e.g. a device put).
 
-  def work():
+  Iterating yields exactly the items of `iterator`, in order (an exception it raises is re-raised here, with its
+  traceback). `wait_seconds` adds up the time `next` blocked because the next item was not ready yet: the time
+  the consumer waited for data. The thread only works while the queue has room, so closing (or leaving) a
+  half-read stream costs at most `size` items; `close()` stops it.
+  """
+
+  _DONE = object()
+
+  def __init__(self, iterator: Iterable[Any], size: int = 2, transform: Callable[[Any], Any] | None = None):
+    if size < 1:
+      raise ValueError(f'prefetch size must be >= 1, got {size}')
+    self._items: queue.Queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._finished = False
+    self.wait_seconds = 0.0
+    self._thread = threading.Thread(target=self._work, args=(iter(iterator), transform), daemon=True,
+                                    name='tapir-prefetch')
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._items.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _work(self, iterator, transform):
     try:
       for item in iterator:
-        items.put(item)
-    except BaseException as e:  # re-raised in the consumer, with its traceback
-      items.put(e)
-    items.put(done)
+        if not self._put(transform(item) if transform else item):
+          return
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised in the consumer
+      self._put(e)
+    self._put(self._DONE)
 
-  threading.Thread(target=work, daemon=True).start()
-  while True:
-    item = items.get()
-    if item is done:
-      return
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._finished:
+      raise StopIteration
+    started = time.perf_counter()
+    item = self._items.get()
+    self.wait_seconds += time.perf_counter() - started
+    if item is self._DONE:
+      self._finished = True
+      raise StopIteration
     if isinstance(item, BaseException):
+      self._finished = True
       raise item
-    yield item
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join(timeout=60)
+
+
+def prefetch(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
+  """`Prefetcher(iterator, size)`: data generation in a background thread, overlapping the train step."""
+  return Prefetcher(iterator, size)
 
 
 def train_batches(config, start_step: int = 0) -> Iterator[Batch]:
-  """Batches for steps `start_step`, `start_step + 1`, ... of the run described by `config`."""
+  """Batches for steps `start_step`, `start_step + 1`, ... of the run described by `config`.
+
+  Made in the calling thread: wrap the stream in a `Prefetcher` to overlap it with training (the trainer does).
+  """
+  if start_step < 0:
+    raise ValueError(f'start_step must be >= 0, got {start_step}')
   source = config.data.source
-  global_batch = jax.device_count() * config.data.per_device_batch
   local_batch = jax.local_device_count() * config.data.per_device_batch
   if source == 'synthetic':
-    return prefetch(_batches(synthetic_examples(config, start_step * local_batch), config, validate=False))
+    return _batches(synthetic_examples(config, start_step * local_batch), config, validate=False)
   if source == 'custom':
     examples = iter(custom_examples(config))
     skipped = start_step * local_batch
     if skipped:
       logging.info('resuming custom data: skipping %d examples', skipped)
       examples = itertools.islice(examples, skipped, None)
-    return prefetch(_batches(examples, config, validate=True))
+    return _batches(examples, config, validate=True)
   if source == 'movi_e':
     from tapir.data import pipeline  # pylint: disable=g-import-not-at-top
-    del global_batch
     return pipeline.movi_e_dataset(
         data_dir=config.data.data_dir or None, name=config.data.tfds_name, split='train',
         per_device_batch=config.data.per_device_batch, tracks_to_sample=config.data.tracks_per_clip,
         train_size=tuple(config.data.train_size), shuffle_buffer=config.data.shuffle_buffer,
         random_crop=config.data.random_crop, color_augmentation=config.data.color_augmentation,
-        seed=config.seed + start_step)
+        seed=config.seed, start_batch=start_step)
   raise ValueError(f"unknown data.source {source!r}: use 'synthetic', 'movi_e' or 'custom'")
 
 
@@ -129,24 +181,43 @@ def train_batches(config, start_step: int = 0) -> Iterator[Batch]:
 # Evaluation
 
 
+def _rendered_evaluation_scene(seed: int, scenes, tracks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Held-out scene `seed` as (video uint8 [t, h, w, 3], normalised points [n, t, 2], occluded [n, t]), read-only."""
+  from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
+  h, w = scenes.height, scenes.width
+  scene = synthetic.generate_scene(seed, scenes)
+  example = _track_example(scene, seed, tracks, random_crop=False, augment=False)
+  video = np.round((example['video'] + 1) / 2 * 255).clip(0, 255).astype(np.uint8)
+  # The sampler may draw a pixel twice or pad with repeats: score each track once.
+  _, unique = np.unique(example['query_points'], axis=0, return_index=True)
+  unique = np.sort(unique)
+  points = example['target_points'][unique] / np.array([w, h], np.float32)  # normalised, as datasets store
+  arrays = (video, points, example['occluded'][unique])
+  for a in arrays:
+    a.flags.writeable = False
+  return arrays
+
+
+@functools.lru_cache(maxsize=1)  # one evaluation set per process: every evaluation, predictor and query mode
+def _rendered_evaluation_set(num_videos: int, scenes, tracks: int) -> tuple[tuple[np.ndarray, ...], ...]:
+  from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
+  return tuple(_rendered_evaluation_scene(seed, scenes, tracks)
+               for seed in list(synthetic.EVAL_SEEDS)[:num_videos])
+
+
 def synthetic_evaluation_set(num_videos: int, query_mode: str, scenes=None, tracks: int = 256):
   """The fixed held-out synthetic videos (seeds 0 ..), as TAP-Vid examples with 'first' or 'strided' queries.
 
   `scenes` is a `synthetic.SceneConfig` (default: 24 frames at 256x256); `tracks` how many the sampler draws.
+  The videos are rendered once per process and kept in memory (the most recent set; 20 videos of 24 x 256² take
+  94 MB), so repeated evaluations, predictors and query modes reuse them.
   """
   from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
   from tapir.data import tapvid  # pylint: disable=g-import-not-at-top
   scenes = scenes or synthetic.SceneConfig()
-  h, w = scenes.height, scenes.width
-  for seed in list(synthetic.EVAL_SEEDS)[:num_videos]:
-    scene = synthetic.generate_scene(seed, scenes)
-    example = _track_example(scene, seed, tracks, random_crop=False, augment=False)
-    video = np.round((example['video'] + 1) / 2 * 255).clip(0, 255).astype(np.uint8)
-    # The sampler may draw a pixel twice or pad with repeats: score each track once.
-    _, unique = np.unique(example['query_points'], axis=0, return_index=True)
-    unique = np.sort(unique)
-    points = example['target_points'][unique] / np.array([w, h], np.float32)  # normalised, as datasets store
-    yield tapvid.make_example(video, points, example['occluded'][unique], f'synthetic_{seed:04d}', query_mode,
+  rendered = _rendered_evaluation_set(num_videos, scenes, tracks)
+  for seed, (video, points, occluded) in zip(synthetic.EVAL_SEEDS, rendered):
+    yield tapvid.make_example(video, points, occluded, f'synthetic_{seed:04d}', query_mode,
                               resolution=None, source=f'synthetic scene {seed}')
 
 
@@ -160,10 +231,18 @@ def evaluation_examples(config):
   return tapvid.open_dataset(config.eval.dataset, config.eval.path, config.eval.query_mode)
 
 
-def model_predictor(params, state, model_kwargs: Mapping[str, Any], chunk_size: int = 64):
-  """`predict(video uint8, queries) -> (tracks, occluded)` for `tapir.evaluation.evaluate`."""
+def model_predictor(params, state, model_kwargs: Mapping[str, Any], chunk_size: int = 64, kind: str = 'tapir',
+                    tapnet_resolution: tuple[int, int] = (256, 256)):
+  """`predict(video uint8, queries) -> (tracks, occluded)` for `tapir.evaluation.evaluate`.
+
+  `kind` is `config.model_kind`; TAP-Net has no built-in resolution and runs at `tapnet_resolution`.
+  """
   from tapir import inference  # pylint: disable=g-import-not-at-top
-  tracker = inference.Tracker(params, state, model_kwargs, query_chunk_size=chunk_size)
+  if kind == 'tapnet':  # config.model_kind (`tapir.training.model_kind`)
+    from tapir import tapnet_tracker  # pylint: disable=g-import-not-at-top
+    tracker = tapnet_tracker.TAPNetTracker(params, state, model_kwargs, chunk_size, resolution=tapnet_resolution)
+  else:
+    tracker = inference.Tracker(params, state, model_kwargs, query_chunk_size=chunk_size)
 
   def predict(video, query_points):
     out = tracker.predict(video, query_points, resize_to=tracker.resolution)
@@ -189,7 +268,8 @@ def make_evaluator(config) -> Callable[[Any, Any, int], dict[str, Any]]:
 
   def evaluate(params, state, step):
     del step
-    predict = model_predictor(params, state, trainer.model_kwargs(config), config.eval.chunk_size)
+    predict = model_predictor(params, state, trainer.model_kwargs(config), config.eval.chunk_size,
+                              config.get('model_kind', 'tapir'), tuple(config.data.train_size))
     first = []  # (example, tracks, occluded) of the first video
 
     def remember(examples):
