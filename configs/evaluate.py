@@ -3,12 +3,15 @@ r"""Evaluation on TAP-Vid and on the built-in synthetic set.
 Built-in synthetic set (no download; 30 held-out 24-frame 256x256 scenes), a checkpoint against the zero-motion
 baseline:
   python -m experiments.evaluate --config configs/evaluate.py --workdir /tmp/tapir_eval \
-      --config.checkpoint=/tmp/tapir_cpu/tapir_checkpoint.npy --config.preset=''
+      --config.checkpoint=/tmp/tapir_cpu/tapir_checkpoint.npz
   (with no checkpoint only the zero-motion baseline is scored.)
 
 The model trained by the README's main command (configs/tapir.py:cpu; it runs at 64x64), on 50 held-out
 8-frame scenes rendered and scored at 256x256:
   python -m experiments.evaluate --config configs/evaluate.py:cpu --workdir /tmp/tapir_cpu/eval
+
+The released TAP-Net baseline on the same data: add --config.preset=tapnet
+--config.checkpoint=checkpoints/tapnet_checkpoint.npy (whole video in one call at 256x256, as the reference).
 
 TAP-Vid-DAVIS with the released TAPIR (after scripts/download_checkpoints.sh and scripts/download_tapvid.sh):
   python -m experiments.evaluate --config configs/evaluate.py:davis --workdir /tmp/tapir_eval \
@@ -16,8 +19,9 @@ TAP-Vid-DAVIS with the released TAPIR (after scripts/download_checkpoints.sh and
       --config.path=tapvid/tapvid_davis/tapvid_davis.pkl
   Expect (TAPIR paper / released checkpoint, 256x256): 'first' AJ ~ 56-63, 'strided' AJ ~ 62-66.
 
-Fields: `dataset` ('synthetic', 'davis', 'rgb_stacking', 'kinetics', 'robotap', 'csv', 'npz') and its `path`
-(`video_dir` too for 'csv'); `query_modes`; `checkpoint` and `preset` (or '' to read the architecture off the
+Fields: `dataset` ('synthetic', 'davis', 'rgb_stacking', 'kinetics', 'robotap', 'csv', 'npz', 'kubric', 'jhmdb')
+and its `path` (`video_dir` too for 'csv'; for 'kubric' a TFDS data dir, with `kubric.dataset` / `split` / `vflip`
+/ `seed` / `num_videos` (0 = all); for 'jhmdb' the dataset root, scored with PCK, `query_modes` unused); `query_modes`; `checkpoint` and `preset` (or '' to read the architecture off the
 checkpoint); `resolution` the model runs at; `full_resolution` runs at each video's own size instead (predictions
 rescaled to 256x256 for scoring, reported separately as the benchmark requires).
 Writes per-video metrics (JSON, CSV) and a results table (markdown, LaTeX) to the workdir.
@@ -29,7 +33,9 @@ import ml_collections
 def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.checkpoint = ''
-  c.preset = 'tapir'  # tapir.PRESETS key, or '' to infer the architecture from the checkpoint
+  # tapir.PRESETS key, 'tapnet' for a TAP-Net checkpoint (`tapir.tapnet_tracker`), or '' to take the architecture from the checkpoint (its stored settings, or a released layout
+  # that only one preset fits): `tapir.checkpoint.resolve_model_kwargs`, the rule every entry point uses.
+  c.preset = ''
   c.model_overrides = ml_collections.ConfigDict(dict(initial_resolution=(256, 256)))
   c.dataset = 'synthetic'
   c.path = ''
@@ -40,15 +46,20 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.query_chunk_size = 64
   c.baselines = ('zero_motion',)
   c.synthetic = ml_collections.ConfigDict(dict(num_videos=30, num_frames=24, size=(256, 256), tracks=256))
-  if preset in ('davis', 'rgb_stacking', 'kinetics', 'robotap'):
+  c.kubric = ml_collections.ConfigDict(dict(dataset='movi_e/256x256', split='validation', vflip=False, seed=0,
+                                            num_videos=0))
+  if preset in ('davis', 'rgb_stacking', 'kinetics', 'robotap', 'kubric', 'jhmdb'):
     c.dataset = preset
+  elif preset == 'kubric_vflip':
+    c.dataset = 'kubric'
+    c.kubric.vflip = True
   elif preset == 'cpu':
     # The model of `configs/tapir.py:cpu` on held-out synthetic clips like its training data (8 frames, 64x64).
-    c.checkpoint = '/tmp/tapir_cpu/tapir_checkpoint.npy'
-    c.preset = ''
+    c.checkpoint = '/tmp/tapir_cpu/tapir_checkpoint.npz'
     c.resolution = (64, 64)
     c.synthetic.update(num_videos=50, num_frames=8)  # rendered and scored at 256x256
   elif preset:
-    raise ValueError(f'unknown preset {preset!r}: use davis, rgb_stacking, kinetics, robotap or cpu')
+    raise ValueError(f'unknown preset {preset!r}: use davis, rgb_stacking, kinetics, robotap, kubric, '
+                     'kubric_vflip, jhmdb or cpu')
   c.lock()
   return c

@@ -81,7 +81,7 @@ def main():
   os.makedirs(args.out, exist_ok=True)
   loss_curve(os.path.join(args.workdir, 'train_history.json'), os.path.join(args.workdir, 'eval_history.json'),
              os.path.join(args.out, 'loss_curve.png'))
-  checkpoint = os.path.join(args.workdir, 'tapir_checkpoint.npy')
+  checkpoint = os.path.join(args.workdir, 'tapir_checkpoint.npz')
   scene_figures(checkpoint if os.path.exists(checkpoint) else None, args.out)
   print(f'wrote figures to {args.out}')
 

@@ -17,8 +17,9 @@ from tapir.online import OnlineOutput
 from tapir.online import OnlineTracker
 from tapir.models.tapir import QueryFeatures
 from tapir.models.tapir import TAPIR
+from tapir.models.tapnet import TAPNet
 
 __all__ = [
     'checkpoint', 'conventions', 'load_checkpoint', 'save_checkpoint', 'grid_query_points', 'mask_query_points',
-    'PRESETS', 'Tracker', 'OnlineTracker', 'OnlineOutput', 'FeatureGrids', 'QueryFeatures', 'TAPIR',
+    'PRESETS', 'Tracker', 'OnlineTracker', 'OnlineOutput', 'FeatureGrids', 'QueryFeatures', 'TAPIR', 'TAPNet',
 ]

@@ -18,19 +18,35 @@ from tapir.data import tapvid
 
 
 def model_kwargs_for(config, contents: checkpoint_lib.CheckpointContents) -> dict[str, Any]:
-  """Architecture: the preset, else the settings stored in the file, else read off the parameter shapes."""
-  if config.preset:
-    kwargs = inference.preset_kwargs(config.preset)
-  else:
-    kwargs = contents.model_kwargs or checkpoint_lib.infer_model_kwargs(contents.params)
-  if config.preset or contents.model_kwargs is None:
-    kwargs.update(config.model_overrides.to_dict())
-  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  """Architecture by `checkpoint.resolve_model_kwargs`: stored settings win (a contradicting `config.preset` or
+  override is an error); else `config.preset` ('' = none) with `config.model_overrides`; else the parameter
+  layout, when it determines the preset.
+
+  Override values equal to `tapir.TAPIR`'s defaults (the config's `initial_resolution=(256, 256)`) request
+  nothing and are dropped, so they never contradict a checkpoint trained at another resolution.
+  """
+  defaults = checkpoint_lib.tapir_defaults()
+  overrides = {k: v for k, v in checkpoint_lib.normalize_settings(config.model_overrides.to_dict()).items()
+               if k not in defaults or v != defaults[k]}
+  return checkpoint_lib.resolve_model_kwargs(contents.model_kwargs, config.preset or None, contents.params,
+                                             overrides)
 
 
 def predictors(config) -> dict[str, Callable]:
   out = {}
-  if config.checkpoint:
+  if config.checkpoint and config.preset == 'tapnet':
+    from tapir import tapnet_tracker  # pylint: disable=g-import-not-at-top
+    contents = checkpoint_lib.read_checkpoint(config.checkpoint)
+    tracker = tapnet_tracker.TAPNetTracker(contents.params, contents.state, query_chunk_size=config.query_chunk_size,
+                                           resolution=tuple(config.resolution))
+    resize_to = None if config.full_resolution else tuple(config.resolution)
+
+    def predict_tapnet(video, query_points):
+      result = tracker.predict(video, query_points, resize_to=resize_to)
+      return result.tracks, ~result.visible
+
+    out['tapnet'] = predict_tapnet
+  elif config.checkpoint:
     contents = checkpoint_lib.read_checkpoint(config.checkpoint)
     tracker = inference.Tracker(contents.params, contents.state, model_kwargs_for(config, contents),
                                 query_chunk_size=config.query_chunk_size)
@@ -58,12 +74,17 @@ def examples(config, query_mode: str):
     scenes = synthetic.SceneConfig(height=s.size[0], width=s.size[1], num_frames=s.num_frames)
     return sources.synthetic_evaluation_set(s.num_videos, query_mode, scenes, s.tracks)
   kwargs = dict(video_dir=config.video_dir) if config.dataset == 'csv' else {}
+  if config.dataset == 'kubric':
+    kwargs = dict(dataset=config.kubric.dataset, split=config.kubric.split, vflip=config.kubric.vflip,
+                  seed=config.kubric.seed, num_videos=config.kubric.num_videos or None)
   return tapvid.open_dataset(config.dataset, config.path, query_mode, resolution=resolution, **kwargs)
 
 
 def run(config, workdir: str) -> dict[str, evaluation.EvaluationResult]:
   """Evaluates every predictor on `config.dataset` in every query mode; writes files to `workdir`."""
   os.makedirs(workdir, exist_ok=True)
+  if config.dataset == 'jhmdb':
+    return run_jhmdb(config, workdir)
   results = {}
   table = {}
   for name, predict in predictors(config).items():
@@ -81,5 +102,24 @@ def run(config, workdir: str) -> dict[str, evaluation.EvaluationResult]:
   with open(os.path.join(workdir, 'results.tex'), 'w') as f:
     f.write(metrics.format_results_table(table, 'latex'))
   logging.info('results:\n%s', markdown)
+  print(markdown)
+  return results
+
+
+def run_jhmdb(config, workdir: str) -> dict[str, evaluation.PckResult]:
+  """JHMDB keypoint propagation (no query modes): `jhmdb_<predictor>.json` and PCK tables in `workdir`."""
+  from tapir.data import jhmdb  # pylint: disable=g-import-not-at-top
+  resolution = None if config.full_resolution else tuple(config.resolution)
+  results = {}
+  for name, predict in predictors(config).items():
+    logging.info('evaluating %s on jhmdb', name)
+    results[name] = evaluation.evaluate_jhmdb(predict, jhmdb.read_jhmdb(config.path, resolution))
+    results[name].to_json(os.path.join(workdir, f'jhmdb_{name}.json'))
+  table = {f'jhmdb: {name}': r.mean for name, r in results.items()}
+  markdown = metrics.format_pck_table(table, 'markdown')
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(markdown)
+  with open(os.path.join(workdir, 'results.tex'), 'w') as f:
+    f.write(metrics.format_pck_table(table, 'latex'))
   print(markdown)
   return results

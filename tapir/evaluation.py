@@ -147,3 +147,46 @@ def evaluate(
     raise ValueError('no video to evaluate: the dataset is empty or no video has a visible point')
   return EvaluationResult(query_mode, metric_resolution, names, accumulator.per_video(), accumulator.mean(),
                           skipped)
+
+
+@dataclasses.dataclass
+class PckResult:
+  """JHMDB keypoint propagation: PCK@0.1..0.5 in percent over the scored videos (`tapir.metrics.PckAccumulator`)."""
+  video_names: list[str]
+  mean: dict[str, float]  # 'pck@0.1' ... 'pck@0.5' -> %
+  per_joint: np.ndarray  # [5, 15] %
+
+  def table(self, name: str = 'jhmdb', fmt: str = 'markdown') -> str:
+    return metrics_lib.format_pck_table({name: self.mean}, fmt)
+
+  def to_json(self, path: str | os.PathLike) -> None:
+    with open(path, 'w') as f:
+      json.dump({'num_videos': len(self.video_names), 'video_names': self.video_names, 'mean': self.mean,
+                 'per_joint': self.per_joint.tolist()}, f, indent=2)
+
+
+def evaluate_jhmdb(predict_fn: PredictFn, videos: Iterable, progress: bool = True) -> PckResult:
+  """Runs `predict_fn` (as `evaluate`'s) on `tapir.data.jhmdb.JhmdbVideo`s and scores PCK at the original size.
+
+  Predictions for the valid joints are rescaled from the video's pixels to the original frames by pure
+  multiplication (spec 4.7); predicted occlusion is ignored. Videos without a valid joint count for nothing.
+  """
+  accumulator = None
+  names = []
+  for v in tqdm.tqdm(videos, desc='JHMDB', unit='video', disable=not progress):
+    accumulator = accumulator or metrics_lib.PckAccumulator(v.joints.shape[0])
+    pred = np.zeros_like(v.joints)
+    if v.query_points.shape[0]:
+      tracks, _ = predict_fn(v.video, v.query_points)
+      tracks = np.asarray(tracks, np.float64)
+      if tracks.shape != (v.query_points.shape[0], v.video.shape[0], 2):
+        raise ValueError(f'predict_fn on {v.video_name!r} returned tracks {tracks.shape}; expected '
+                         f'{(v.query_points.shape[0], v.video.shape[0], 2)}')
+      (h, w), (vh, vw) = v.image_hw, v.video.shape[1:3]
+      pred[v.valid] = tracks * np.array([w / vw, h / vh])
+    accumulator.add(pred, v.joints, v.valid)
+    names.append(v.video_name)
+  if not names:
+    raise ValueError('no JHMDB video to evaluate')
+  return PckResult(names, accumulator.mean(), accumulator.per_joint())
+

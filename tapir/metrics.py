@@ -165,6 +165,74 @@ def average_metrics(per_video: Iterable[Mapping[str, np.ndarray]]) -> dict[str, 
   return acc.mean()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# PCK (JHMDB keypoint propagation; spec 4.7).
+
+PCK_ALPHAS = (0.1, 0.2, 0.3, 0.4, 0.5)
+PCK_KEYS = tuple(f'pck@{a}' for a in PCK_ALPHAS)
+
+
+class PckAccumulator:
+  """PCK@alpha pooled over all frames of all videos added, per joint, then averaged over the joints (in %).
+
+  Per frame, the normaliser is `0.6 * sqrt(w_b^2 + h_b^2)` with (w_b, h_b) the extent of that frame's evaluated
+  (valid) ground-truth joints; a joint counts as correct when `distance / normaliser <= alpha` (non-strict).
+  Per joint: `100 * correct / max(evaluated, 1e-12)`; the reported value is the mean over all joints, a joint
+  never evaluated counting as 0. Coordinates are pixels of the original frames.
+  """
+
+  def __init__(self, num_joints: int = 15):
+    self.num_joints = num_joints
+    self._correct = np.zeros((len(PCK_ALPHAS), num_joints))
+    self._total = np.zeros(num_joints)
+    self.num_videos = 0
+
+  def add(self, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> None:
+    """pred, gt [j, t, 2] (x, y) original pixels; valid [j] bool (joints evaluated in every frame)."""
+    pred, gt, valid = np.asarray(pred, np.float64), np.asarray(gt, np.float64), np.asarray(valid, bool)
+    if gt.ndim != 3 or gt.shape[0] != self.num_joints or gt.shape[-1] != 2 or pred.shape != gt.shape:
+      raise ValueError(f'pred and gt must both be [{self.num_joints}, t, 2]; got {pred.shape} and {gt.shape}')
+    if valid.shape != (self.num_joints,):
+      raise ValueError(f'valid must be [{self.num_joints}] bool; got {valid.shape}')
+    self.num_videos += 1
+    if not valid.any():
+      return
+    joints = gt[valid]  # [v, t, 2]
+    extent = joints.max(axis=0) - joints.min(axis=0)  # [t, 2] (w_b, h_b)
+    scale = 0.6 * np.sqrt(np.sum(np.square(extent), axis=-1))  # [t]
+    with np.errstate(invalid='ignore', divide='ignore'):
+      ratio = np.linalg.norm(pred[valid] - joints, axis=-1) / scale  # [v, t]
+    for i, alpha in enumerate(PCK_ALPHAS):
+      self._correct[i, valid] += np.sum(ratio <= alpha, axis=1)
+    self._total[valid] += gt.shape[1]
+
+  def per_joint(self) -> np.ndarray:  # [len(PCK_ALPHAS), num_joints] in %
+    return 100 * self._correct / np.maximum(self._total, 1e-12)
+
+  def mean(self) -> dict[str, float]:
+    """{'pck@0.1': ..., ..., 'pck@0.5': ...}: means over the joints, in percent."""
+    return {k: float(v) for k, v in zip(PCK_KEYS, self.per_joint().mean(axis=1))}
+
+
+def format_pck_table(results: Mapping[str, Mapping[str, float]], fmt: str = 'markdown') -> str:
+  """PCK rows (values already in %, `PckAccumulator.mean`): markdown with 1 decimal, or LaTeX with '.3'.
+
+  (The reference's LaTeX log multiplies these percentages by 100 once more; this does not.)
+  """
+  if fmt not in ('markdown', 'latex'):
+    raise ValueError(f"fmt must be 'markdown' or 'latex', got {fmt!r}")
+  for name, means in results.items():
+    missing = [k for k in PCK_KEYS if k not in means]
+    if missing:
+      raise ValueError(f'results[{name!r}] lacks PCK keys {missing}')
+  if fmt == 'latex':
+    lines = [' & '.join(f'PCK@{a}' for a in PCK_ALPHAS)]
+    return '\n'.join(lines + [' & '.join(format(m[k], '.3') for k in PCK_KEYS) for m in results.values()])
+  lines = ['| Dataset | ' + ' | '.join(f'PCK@{a}' for a in PCK_ALPHAS) + ' |', '|---' + '|---:' * len(PCK_KEYS) + '|']
+  lines += ['| ' + ' | '.join([name] + [f'{m[k]:.1f}' for k in PCK_KEYS]) + ' |' for name, m in results.items()]
+  return '\n'.join(lines)
+
+
 def _latex_value(value: float) -> str:
   # Python's '.3' general format, as the reference logs it: 58.46 -> '58.5', 5.0 -> '5.0', 100.0 -> '1e+02'.
   return format(value * 100, '.3')

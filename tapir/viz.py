@@ -97,30 +97,63 @@ def paint_tracks(video: np.ndarray,  # [t, h, w, 3] uint8
   colors = point_colors(n) if colors is None else np.asarray(colors, np.uint8)
   if colors.shape != (n, 3):
     raise ValueError(f'colors must be [{n}, 3]; got {colors.shape}')
-  radius = max(1, int(round(default_radius((h, w)) if radius is None else radius)))
-  line_width = max(1, int(round(radius / 2)))
-  drawable = visible & np.isfinite(tracks).all(-1)  # [n, t]
-  shown = np.isfinite(tracks).all(-1) & (visible if occluded == 'hide' else True)  # [n, t] gets a marker
-
   out = np.empty_like(video)
   for f in range(t):
-    image = Image.fromarray(video[f])
-    draw = ImageDraw.Draw(image, 'RGBA')  # 'RGBA' mode alpha-blends onto the RGB frame
-    # Trails, oldest first so newer segments lie on top. Segment s joins frames s - 1 and s.
-    for s in range(max(1, f - trail + 1), f + 1):
-      alpha = int(round(255 * (trail - (f - s)) / trail))
-      for i in np.nonzero(drawable[:, s - 1] & drawable[:, s] & shown[:, f])[0]:
-        ends = [tuple(tracks[i, s - 1] - 0.5), tuple(tracks[i, s] - 0.5)]
-        draw.line(ends, fill=(*colors[i], alpha), width=line_width)
-    for i in np.nonzero(shown[:, f])[0]:
-      x, y = np.floor(tracks[i, f])  # the pixel that holds the point
-      box = [x - radius, y - radius, x + radius, y + radius]  # inclusive pixel indices: 2 * radius + 1 wide
-      if visible[i, f]:
-        draw.ellipse(box, fill=tuple(colors[i]))
-      else:
-        draw.ellipse(box, outline=tuple(colors[i]), width=line_width)
-    out[f] = np.asarray(image)
+    start = max(0, f - trail)  # the frames the trail of frame f reaches back to
+    out[f] = paint_frame(video[f], tracks[:, start:f + 1], visible[:, start:f + 1], colors, trail, radius, occluded)
   return out
+
+
+def paint_frame(frame: np.ndarray,  # [h, w, 3] uint8
+                tracks: np.ndarray,  # [n, k, 2] (x, y): the last k frames' positions, the current frame last
+                visible: np.ndarray,  # [n, k] bool
+                colors: np.ndarray,  # [n, 3] uint8
+                trail: int = 8,
+                radius: float | None = None,
+                occluded: str = 'hide') -> np.ndarray:  # [h, w, 3] uint8
+  """Paints one frame as `paint_tracks` paints frame k - 1 of a video (for streaming: no other frame is needed).
+
+  Only the last `trail + 1` columns of `tracks` / `visible` are used; pass at least that many (fewer at the
+  start of a video).
+  """
+  frame = np.asarray(frame)
+  if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+    raise ValueError(f'frame must be uint8 [h, w, 3]; got {frame.dtype} {frame.shape}')
+  if trail < 0:
+    raise ValueError(f'trail must be >= 0; got {trail}')
+  if occluded not in _OCCLUDED_MODES:
+    raise ValueError(f'occluded must be one of {_OCCLUDED_MODES}; got {occluded!r}')
+  tracks, visible = np.asarray(tracks, np.float64), np.asarray(visible, bool)
+  n, k = visible.shape[:2] if visible.ndim == 2 else (-1, -1)
+  if k < 1 or tracks.shape != (n, k, 2):
+    raise ValueError(f'expected tracks [n, k, 2] and visible [n, k] with k >= 1; got {tracks.shape} and '
+                     f'{visible.shape}')
+  colors = np.asarray(colors, np.uint8)
+  if colors.shape != (n, 3):
+    raise ValueError(f'colors must be [{n}, 3]; got {colors.shape}')
+  h, w = frame.shape[:2]
+  radius = max(1, int(round(default_radius((h, w)) if radius is None else radius)))
+  line_width = max(1, int(round(radius / 2)))
+  drawable = visible & np.isfinite(tracks).all(-1)  # [n, k]
+  shown = np.isfinite(tracks).all(-1) & (visible if occluded == 'hide' else True)  # [n, k] gets a marker
+
+  f = k - 1
+  image = Image.fromarray(frame)
+  draw = ImageDraw.Draw(image, 'RGBA')  # 'RGBA' mode alpha-blends onto the RGB frame
+  # Trails, oldest first so newer segments lie on top. Segment s joins frames s - 1 and s.
+  for s in range(max(1, f - trail + 1), f + 1):
+    alpha = int(round(255 * (trail - (f - s)) / trail))
+    for i in np.nonzero(drawable[:, s - 1] & drawable[:, s] & shown[:, f])[0]:
+      ends = [tuple(tracks[i, s - 1] - 0.5), tuple(tracks[i, s] - 0.5)]
+      draw.line(ends, fill=(*colors[i], alpha), width=line_width)
+  for i in np.nonzero(shown[:, f])[0]:
+    x, y = np.floor(tracks[i, f])  # the pixel that holds the point
+    box = [x - radius, y - radius, x + radius, y + radius]  # inclusive pixel indices: 2 * radius + 1 wide
+    if visible[i, f]:
+      draw.ellipse(box, fill=tuple(colors[i]))
+    else:
+      draw.ellipse(box, outline=tuple(colors[i]), width=line_width)
+  return np.asarray(image)
 
 
 def side_by_side(*videos: np.ndarray, gap: int = 0) -> np.ndarray:  # [..., h, sum(w) + gaps, 3] uint8

@@ -126,3 +126,34 @@ def test_synthetic_tracks_follow_surfaces():
       assert (window == want).any()  # a visible track sits on its own surface
       hits += 1
   assert hits > 100 and out['occluded'].any()
+
+
+def test_vflip_flips_rows_and_negates_y(fixture):
+  """The reference's eval option (spec 3.8): rows flipped, y negated (not mirrored); nothing else changes."""
+  _, example = fixture
+  make = lambda vflip: kubric.make_training_example(example, np.random.default_rng(7), tracks_to_sample=32,
+                                                    random_crop=False, train_size=(64, 64), vflip=vflip)
+  plain, flipped = make(False), make(True)
+  np.testing.assert_array_equal(flipped['video'], plain['video'][:, ::-1])
+  np.testing.assert_array_equal(flipped['video'][:, 0], plain['video'][:, 63])  # top row <- bottom row
+  np.testing.assert_array_equal(flipped['query_points'][:, [0, 2]], plain['query_points'][:, [0, 2]])
+  np.testing.assert_array_equal(flipped['query_points'][:, 1], -plain['query_points'][:, 1])
+  np.testing.assert_array_equal(flipped['target_points'][..., 0], plain['target_points'][..., 0])
+  np.testing.assert_array_equal(flipped['target_points'][..., 1], -plain['target_points'][..., 1])
+  np.testing.assert_array_equal(flipped['occluded'], plain['occluded'])
+  assert (flipped['query_points'][:, 1] < 0).all()  # queries lie at pixel centres y + 0.5 > 0 before
+
+
+def test_vflip_on_a_hand_built_clip():
+  """A 2-frame, 8x8 clip of a static background: its track, flipped, by hand."""
+  config = synthetic.SceneConfig(height=8, width=8, num_frames=4, num_static_objects=(0, 0),
+                                 num_dynamic_objects=(0, 0))
+  scene = synthetic.generate_scene(0, config)
+  out = kubric.make_training_example(scene, np.random.default_rng(0), tracks_to_sample=4, random_crop=False,
+                                     train_size=(8, 8), sampling_stride=4, vflip=True)
+  video = np.asarray(scene['video'], np.float32) / 127.5 - 1
+  np.testing.assert_allclose(out['video'], video[:, ::-1], atol=1e-6)
+  for (t, y, x), target in zip(out['query_points'], out['target_points']):
+    row, col = int(-y - 0.5), int(x - 0.5)  # the source pixel of the query: y = -(row + 0.5)
+    assert 0 <= row < 8 and 0 <= col < 8 and t == int(t)
+    np.testing.assert_allclose(target[int(t)], [col + 0.5, -(row + 0.5)], atol=1e-3)

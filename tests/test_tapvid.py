@@ -204,7 +204,7 @@ def test_wrong_formats_name_the_file_and_the_expected_format(tmp_path):
 
 
 def test_open_dataset_and_query_mode_errors(tmp_path):
-  with pytest.raises(ValueError, match=r"unknown TAP-Vid dataset 'davsi'.*'csv', 'davis', 'kinetics', 'npz'"):
+  with pytest.raises(ValueError, match=r"unknown TAP-Vid dataset 'davsi'.*'csv', 'davis', 'kinetics', 'kubric', 'npz'"):
     tapvid.open_dataset('davsi', tmp_path, 'first')
   with pytest.raises(ValueError, match='query_mode'):
     tapvid.open_dataset('davis', tmp_path, 'q_first')

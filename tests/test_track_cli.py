@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 from PIL import Image
@@ -12,6 +13,7 @@ import pytest
 
 import tapir
 from tapir import track_video
+from tapir import video_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,6 +39,11 @@ def tiny_checkpoint(tmp_path_factory):
   path = tmp_path_factory.mktemp('ckpt') / 'tiny_tapir.npy'
   tapir.save_checkpoint(path, tracker.params, tracker.state)
   return str(path)
+
+
+@pytest.fixture(scope='module')
+def online_tracker():
+  return tapir.OnlineTracker.random_init(preset='causal_tapir', resize_to=(32, 32), **TINY)
 
 
 def _run_file(video_path, checkpoint, tmp_path, **kwargs):
@@ -94,9 +101,9 @@ def test_track_file_offline(video_path, tiny_checkpoint, tmp_path):
   np.testing.assert_array_equal(result.visible, expected.visible)
 
 
-def test_track_online_starts_points_at_their_frame(video_path):
+def test_track_online_starts_points_at_their_frame(video_path, online_tracker):
   video, _ = track_video.read_video(video_path)
-  tracker = tapir.OnlineTracker.random_init(preset='causal_tapir', resize_to=(32, 32), **TINY)
+  tracker = online_tracker
   queries = np.array([[0, 10.5, 20.5], [2, 30.5, 40.5]], np.float32)
   tracks, visible = track_video.track_video(video, tracker, queries, progress=False)
   assert tracks.shape == (2, T, 2) and visible.shape == (2, T)
@@ -170,9 +177,57 @@ def test_checkpoint_from_our_trainer_carries_its_architecture(video_path, tmp_pa
   path = tmp_path / 'trained.npy'
   tapir.save_checkpoint(path, tracker.params, tracker.state,
                         **{tapir.checkpoint.MODEL_KWARGS_KEY: {**tapir.PRESETS['tapir'], **TINY}})
-  result = track_video.track_file(video_path, None, str(path), preset='bootstapir', grid=2, progress=False,
+  with pytest.raises(ValueError, match="preset 'bootstapir' contradicts the settings stored"):  # issue 12
+    track_video.track_file(video_path, None, str(path), preset='bootstapir', grid=2, progress=False)
+  result = track_video.track_file(video_path, None, str(path), grid=2, progress=False,
                                   save_path=str(tmp_path / 'tracks.npz'))
   assert str(np.load(tmp_path / 'tracks.npz')['resize']) == '32x32'  # TINY's initial_resolution
   video, _ = track_video.read_video(video_path)
   expected = tracker.predict(video, result.query_points, resize_to=(32, 32))
   np.testing.assert_allclose(result.tracks, expected.tracks, atol=1e-4)
+
+
+def _write_long_video(path, num_frames, hw=(64, 64)):
+  """A blocky random video written frame by frame (nothing of its length is held in memory)."""
+  rng = np.random.default_rng(num_frames)
+  with video_io.FrameWriter(path, *hw, fps=25) as writer:
+    for _ in range(num_frames):
+      coarse = rng.integers(0, 256, (hw[0] // 8, hw[1] // 8, 3), dtype=np.uint8)
+      writer.write(np.kron(coarse, np.ones((8, 8, 1), np.uint8)))
+  return str(path)
+
+
+def test_online_tracking_memory_does_not_grow_with_the_video(tmp_path, online_tracker):
+  """--online streams: tracking 400 frames peaks at the memory of 100 (the frames alone would add 3.7 MB)."""
+  tracker = online_tracker
+  queries = track_video.grid_points((64, 64), 2)
+  warm_up = _write_long_video(tmp_path / 'short.mp4', 3)  # compile outside the measurement
+  track_video.track_and_paint(tracker, warm_up, str(tmp_path / 'short_out.mp4'), queries, progress=False)
+  peaks = {}
+  for num_frames in (100, 400):
+    path = _write_long_video(tmp_path / f'long_{num_frames}.mp4', num_frames)
+    tracemalloc.start()
+    tracks, _ = track_video.track_and_paint(tracker, path, str(tmp_path / f'out_{num_frames}.mp4'), queries,
+                                            progress=False)
+    peaks[num_frames] = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert tracks.shape == (4, num_frames, 2) and np.isfinite(tracks).all()
+    assert video_io.probe(tmp_path / f'out_{num_frames}.mp4').num_frames == num_frames
+  extra_frames_bytes = 300 * 64 * 64 * 3
+  assert peaks[400] - peaks[100] < extra_frames_bytes / 4, peaks
+
+
+def test_offline_progress_bar_counts_query_chunks(video_path, tiny_checkpoint, tmp_path, capsys):
+  _run_file(video_path, tiny_checkpoint, tmp_path, grid=3, query_chunk_size=4, progress=True)
+  err = capsys.readouterr().err
+  assert 'query chunks' in err and '3/3' in err  # 9 queries in chunks of 4
+
+
+def test_import_tapir_is_light():
+  """`import tapir` imports neither TensorFlow nor matplotlib (mediapy is imported where video I/O happens)."""
+  code = ('import sys, time; t = time.perf_counter(); import tapir; t = time.perf_counter() - t; '
+          "bad = [m for m in ('matplotlib', 'mediapy', 'tensorflow') if m in sys.modules]; "
+          "assert not bad, bad; print(f'{t:.3f}')")
+  proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env={**os.environ, 'PYTHONPATH': str(REPO)},
+                        capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]

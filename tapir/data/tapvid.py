@@ -19,6 +19,9 @@ On-disk formats (spec section 4.2; `points` are normalised (x, y), `occluded` Tr
   npz              our own format: one `<video_name>.npz` per video with 'video' uint8 [T, H, W, 3], 'points'
                    float [N, T, 2] normalised (x, y) in [0, 1] and 'occluded' bool [N, T]
                    (`write_npz_example` writes it); a path to one file or to a directory of them (sorted).
+  kubric           a TFDS data directory holding MOVi-E (`movi_e/256x256`, or `panning_movi_e/256x256`); its
+                   `validation` split goes through the training track pipeline (`read_kubric`; needs the
+                   `data` extra).
 
 Pickles can run code when loaded: read only files you trust. Query modes: 'first' and 'strided' (spec 4.3).
 """
@@ -31,12 +34,12 @@ import os
 import pickle
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
-import mediapy
 import numpy as np
 from PIL import Image
 
 from tapir import conventions
 from tapir import inference
+from tapir.data import kubric_eval
 
 QUERY_MODES = ('first', 'strided')
 DEFAULT_STRIDE = 5  # strided mode queries every visible point at frames 0, 5, 10, ...
@@ -54,6 +57,7 @@ FORMATS = {
                  f'{_ARRAYS_FORMAT} where video may also be a list of JPEG-encoded frames (bytes)'),
     'csv': 'a csv with rows `video_id, x, y, occ, x, y, occ, ...` (x, y normalised; no header)',
     'npz': f'an .npz file (or a directory of them) with arrays {_ARRAYS_FORMAT}',
+    'kubric': 'a TFDS data directory holding a prepared MOVi-E dataset (e.g. movi_e/256x256)',
 }
 
 
@@ -161,6 +165,11 @@ def _check_arrays(video: Any, points: Any, occluded: Any, source: str, fmt: str)
     raise _format_error(source, fmt, f"'occluded' {occluded.shape} does not match 'points' {points.shape}")
   if points.shape[1] != video.shape[0]:
     raise _format_error(source, fmt, f"'points' have {points.shape[1]} frames but 'video' has {video.shape[0]}")
+  finite = np.isfinite(points).all(axis=-1)  # [N, T]
+  if not finite.all():
+    n, t = np.argwhere(~finite)[0]
+    raise _format_error(source, fmt, f"'points' must be finite: {int((~finite).sum())} NaN/inf coordinate "
+                        f'pair(s), the first at track {n}, frame {t}')
   visible_points = points.astype(np.float64)[~occluded]
   if visible_points.size and (visible_points.min() < -NORMALISED_TOLERANCE
                               or visible_points.max() > 1 + NORMALISED_TOLERANCE):
@@ -342,8 +351,9 @@ def read_csv_dataset(csv_path, video_dir, query_mode: str, resolution=(256, 256)
   annotations = _parse_csv(path)
 
   def generate():
-    from tapir import track_video  # pylint: disable=g-import-not-at-top  (ffmpeg lookup; imports the model)
-    track_video.ensure_ffmpeg()
+    import mediapy  # pylint: disable=g-import-not-at-top  (lazy: it imports matplotlib)
+    from tapir import video_io  # pylint: disable=g-import-not-at-top
+    video_io.ensure_ffmpeg()
     for video_id, (points, occluded) in annotations.items():
       video_path = os.path.join(video_dir, video_id if video_id.endswith('.mp4') else video_id + '.mp4')
       if not os.path.isfile(video_path):
@@ -385,6 +395,25 @@ def read_npz_dataset(path_or_dir, query_mode: str, resolution=(256, 256)) -> Ite
   return generate()
 
 
+def read_kubric(data_dir, query_mode: str, resolution=(256, 256), **kwargs) -> Iterator[TapVidExample]:
+  """TAP-Vid-Kubric: TFDS MOVi-E through the training track pipeline (`tapir.data.kubric_eval.read_videos`,
+  whose keyword arguments `kwargs` are: dataset, split, vflip, seed, tracks_to_sample, num_videos).
+
+  The queries are the training sampler's, so `query_mode` only selects which frames the metrics score.
+  """
+  path = _check_call(data_dir, query_mode, kind='dir')
+  videos = kubric_eval.read_videos(path, **kwargs)
+
+  def generate():
+    for v in videos:
+      video, query_points, tracks = v.video, v.query_points, v.target_points
+      if resolution is not None and tuple(resolution) != video.shape[1:3]:
+        query_points, tracks = rescale_to_metric_resolution(query_points, tracks, video.shape[1:3], resolution)
+        video = inference.resize_video(video, tuple(resolution))
+      yield TapVidExample(video, query_points.astype(np.float32), tracks.astype(np.float32), v.occluded, v.name)
+  return generate()
+
+
 def write_npz_example(path, video: np.ndarray, points: np.ndarray, occluded: np.ndarray) -> None:
   """Writes one video in our npz format: video uint8 [T, H, W, 3], points [N, T, 2] normalised (x, y), occluded."""
   path = os.fspath(path)
@@ -394,12 +423,13 @@ def write_npz_example(path, video: np.ndarray, points: np.ndarray, occluded: np.
 
 _READERS: dict[str, Callable[..., Iterator[TapVidExample]]] = {
     'davis': read_davis, 'rgb_stacking': read_rgb_stacking, 'kinetics': read_kinetics, 'robotap': read_robotap,
-    'csv': read_csv_dataset, 'npz': read_npz_dataset,
+    'csv': read_csv_dataset, 'npz': read_npz_dataset, 'kubric': read_kubric,
 }
 
 
 def open_dataset(name: str, path, query_mode: str, resolution=(256, 256), **kwargs) -> Iterator[TapVidExample]:
-  """Dispatches to the reader for `name` (keys of `FORMATS`); `csv` needs `video_dir=...`."""
+  """Dispatches to the reader for `name` (keys of `FORMATS`); `csv` needs `video_dir=...`; `kubric` takes
+  `read_kubric`'s keyword arguments (`vflip`, `dataset`, `split`, ...); `jhmdb` is `tapir.data.jhmdb`."""
   if name not in _READERS:
     raise ValueError(f'unknown TAP-Vid dataset {name!r}; valid names: {sorted(_READERS)}')
   if name == 'csv':
