@@ -33,7 +33,7 @@ import ml_collections
 def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.checkpoint = ''
-  # tapir.PRESETS key, 'tapnet' for a TAP-Net checkpoint (`tapir.tapnet_tracker`), or '' to take the architecture from the checkpoint (its stored settings, or a released layout
+  # tapir.PRESETS key, 'tapnet' for a TAP-Net checkpoint (`tapir.TAPNetTracker`), or '' to take the architecture from the checkpoint (its stored settings, or a released layout
   # that only one preset fits): `tapir.checkpoint.resolve_model_kwargs`, the rule every entry point uses.
   c.preset = ''
   c.model_overrides = ml_collections.ConfigDict(dict(initial_resolution=(256, 256)))

@@ -13,10 +13,10 @@ Presets (`--config configs/tapnet.py:<preset>`):
   tiny   a few-second smoke configuration used by the tests.
 
 Differences from configs/tapir.py: `model_kind='tapnet'` (`tapir.TAPNet`; `config.model` holds its constructor
-arguments), one loss term (`tapir.training.tapnet_loss_terms`: 0.05 * Huber + occlusion BCE, no uncertainty
+arguments), one loss term (`tapir.training.state.tapnet_loss_terms`: 0.05 * Huber + occlusion BCE, no uncertainty
 head), learning rate 2e-3 with 5k warmup over 100k steps, weight decay 1e-2 (batch-norm scale/offset and biases
 excluded), unpanned MOVi-E. The exported weights are `workdir/tapnet_checkpoint.npz`
-(`tapir.tapnet_tracker.TAPNetTracker.from_checkpoint` runs them).
+(`tapir.TAPNetTracker.from_checkpoint` runs them).
 """
 
 import ml_collections

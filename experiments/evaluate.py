@@ -1,4 +1,4 @@
-r"""Evaluate a checkpoint on TAP-Vid or the built-in synthetic set. Thin runner over `tapir.eval_runner.run`.
+r"""Evaluate a checkpoint on TAP-Vid or the built-in synthetic set. Thin runner over `tapir.evaluation.runner.run`.
 
     python -m experiments.evaluate --config configs/evaluate.py --workdir /tmp/tapir_eval
     python -m experiments.evaluate --config configs/evaluate.py:davis --workdir /tmp/tapir_eval \
@@ -13,7 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from tapir import eval_runner
+from tapir.evaluation import runner
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/evaluate.py[:preset]', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'where per-video metrics and the results tables are written')
@@ -24,7 +24,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    eval_runner.run(_CONFIG.value, _WORKDIR.value)
+    runner.run(_CONFIG.value, _WORKDIR.value)
   except (ValueError, FileNotFoundError) as e:  # bad inputs (e.g. an undetermined architecture): no traceback
     sys.exit(f'error: {e}')
 

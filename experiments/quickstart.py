@@ -14,7 +14,7 @@ from absl import logging
 import numpy as np
 
 import tapir
-from tapir import track_video
+from tapir.tracking import cli
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'checkpoint (either format); random weights if unset')
 _PRESET = flags.DEFINE_enum('preset', None, sorted(tapir.PRESETS),
@@ -43,7 +43,7 @@ def main(argv):
   if not _CHECKPOINT.value:
     logging.warning('No --checkpoint given: using RANDOM weights (shows the API; the tracks are meaningless).')
   # A checkpoint from our trainer carries its architecture; a released one needs the right --preset.
-  tracker = track_video.load_tracker(_CHECKPOINT.value, _PRESET.value, random_weights=not _CHECKPOINT.value)
+  tracker = cli.load_tracker(_CHECKPOINT.value, _PRESET.value, random_weights=not _CHECKPOINT.value)
   queries = tapir.grid_query_points(video.shape[1:3], stride=_SIZE.value // 4)
   tracks, visible = tracker.track(video, queries, resize_to=tracker.resolution)
   t = np.arange(video.shape[0])

@@ -8,7 +8,7 @@ r"""Track points through a video and write it with the tracks painted on.
 
 Queries come from exactly one of --grid (N x N on frame 0), --points ("t,y,x;..." in the video's pixels) and
 --mask (a grid inside the nonzero pixels of an image the size of a frame). Get the weights with
-`bash scripts/download_checkpoints.sh checkpoints`. The work happens in `tapir.track_video.track_file`.
+`bash scripts/download_checkpoints.sh checkpoints`. The work happens in `tapir.tracking.cli.track_file`.
 """
 
 import sys
@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 
 import tapir
-from tapir import track_video
+from tapir.tracking import cli
 
 _VIDEO = flags.DEFINE_string('video', None, 'input video file', required=True)
 _OUT = flags.DEFINE_string('out', None, 'output video with the tracks painted on (input size and fps)')
@@ -47,9 +47,9 @@ def main(argv):
   if not _OUT.value and not _SAVE.value:
     raise app.UsageError('nothing to write: pass --out and/or --save')
   if _CHECKPOINT.value is None and not _RANDOM.value:
-    sys.exit(f'error: {track_video.NEED_WEIGHTS}')
+    sys.exit(f'error: {cli.NEED_WEIGHTS}')
   try:
-    track_video.track_file(
+    cli.track_file(
         _VIDEO.value, _OUT.value, _CHECKPOINT.value, _PRESET.value, grid=_GRID.value, points=_POINTS.value,
         mask=_MASK.value, mask_frame=_MASK_FRAME.value, online=_ONLINE.value, resize=_RESIZE.value,
         save_path=_SAVE.value, query_chunk_size=_CHUNK.value, random_weights=_RANDOM.value,

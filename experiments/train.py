@@ -1,4 +1,4 @@
-r"""Train TAPIR. Thin runner over `tapir.trainer.train_and_evaluate`.
+r"""Train TAPIR. Thin runner over `tapir.training.loop.train_and_evaluate`.
 
     python -m experiments.train --config configs/tapir.py:cpu --workdir /tmp/tapir_cpu
     python -m experiments.train --config configs/tapir.py --workdir gs://... --config.data.data_dir=gs://...
@@ -12,7 +12,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from tapir import trainer
+from tapir.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:preset]', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, summaries and the exported .npy go here')
@@ -22,7 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':

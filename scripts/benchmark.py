@@ -15,7 +15,7 @@ Training cases:
                                 is_training=True: the comparison point against the reference's training gradient
                                 (compare it with the offline forward of 24 x 256^2 x 256 on the same machine);
   train step, cpu preset        `configs/tapir.py:cpu` on a fixed batch, and on the real built-in scene stream
-                                (`tapir.data.sources.train_batches` behind the trainer's prefetcher).
+                                (`tapir.data.streams.train_batches` behind the trainer's prefetcher).
 Training uses the dense patch formulation (`bilinear_interp_with_depthwise_conv=True` in the configs): its
 backward pass is matrix products, where the gather's is a scatter-add. Measured on XLA:CPU (2 cores, same
 process): the `cpu` preset's loss gradient 0.55 s dense against 0.91 s gather; the full model's gradient above
@@ -73,13 +73,13 @@ def run_case(case: dict, repeats: int) -> dict:
   import numpy as np
 
   import tapir
-  from tapir import inference
-  from tapir import training
+  from configs import tapir as tapir_configs  # the settings the trainer uses
+  from tapir.tracking import tracker as tracker_lib
+  from tapir.training import state as training
 
   rng = np.random.default_rng(0)
   kind = case['kind']
   if kind == 'train_cpu_preset':
-    from configs import tapir as tapir_configs  # pylint: disable=g-import-not-at-top
     config = tapir_configs.get_config('cpu')
     kwargs = dict(config.model)
     kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
@@ -89,7 +89,6 @@ def run_case(case: dict, repeats: int) -> dict:
                                    config.data.per_device_batch)
     chunk = config.train_chunk_size
   elif kind in ('train', 'train_memory', 'gradient'):  # the paper recipe's model and chunking
-    from configs import tapir as tapir_configs  # pylint: disable=g-import-not-at-top
     config = tapir_configs.get_config()
     kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in dict(config.model).items()}
     for key, name in (('dense', 'bilinear_interp_with_depthwise_conv'), ('remat', 'remat_refinement')):
@@ -109,12 +108,12 @@ def run_case(case: dict, repeats: int) -> dict:
   queries = jnp.asarray(queries)
 
   if kind == 'offline':
-    params, state = inference.init_params(kwargs)
+    params, state = tracker_lib.init_params(kwargs)
     apply = jax.jit(hk.transform_with_state(
         lambda v, q: tapir.TAPIR(**kwargs)(v, False, q, query_chunk_size=chunk)).apply)
     run = lambda: apply(params, state, None, video, queries)[0]
   elif kind == 'online':
-    tracker = tapir.OnlineTracker(*inference.init_params(kwargs), kwargs, resize_to=None)
+    tracker = tapir.OnlineTracker(*tracker_lib.init_params(kwargs), kwargs, resize_to=None)
     frames_u8 = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
     tracker.start(frames_u8[0], np.asarray(queries[0, :, 1:]))
     run = lambda: tracker.step(frames_u8[1])
@@ -130,34 +129,25 @@ def run_case(case: dict, repeats: int) -> dict:
   else:
     model = training.make_model(kwargs, chunk)
 
-    class Opt:  # the training optimiser settings
-      learning_rate, warmup_steps, training_steps = 1e-3, 10, 100
-      adam_b1, adam_b2, adam_eps, weight_decay = 0.9, 0.95, 1e-8, 0.1
-      max_consecutive_nonfinite, reference_eps_scaling = 5, False
-
-    class Loss:
-      position_loss_weight, huber_delta, expected_dist_threshold = 0.05, 4.0, 6.0
-
-    optimizer = training.make_optimizer(Opt)
+    optimizer = training.make_optimizer(config.optimizer)  # the config's own optimiser and loss settings
     batch_arrays = dict(video=video[None], query_points=queries[None],
                         target_points=jnp.zeros((1, batch, points, frames, 2)),
                         occluded=jnp.zeros((1, batch, points, frames), bool))
     train_state = jax.pmap(training.make_init(model, optimizer), axis_name=training.AXIS)(
         jax.random.PRNGKey(0)[None], batch_arrays)
-    step = jax.pmap(training.make_train_step(model, optimizer, Loss), axis_name=training.AXIS)
+    step = jax.pmap(training.make_train_step(model, optimizer, config.loss), axis_name=training.AXIS)
     holder = [train_state]
     if kind == 'train_memory':  # compile only: XLA's temporaries of one step
-      compiled = jax.jit(jax.vmap(training.make_train_step(model, optimizer, Loss), axis_name=training.AXIS))
+      compiled = jax.jit(jax.vmap(training.make_train_step(model, optimizer, config.loss), axis_name=training.AXIS))
       start = time.perf_counter()
       memory = compiled.lower(train_state, batch_arrays).compile().memory_analysis()
       return dict(case=case, frames=frames, size=size, points=points, batch=batch, seconds=None,
                   compile_seconds=time.perf_counter() - start, peak_mb=memory.temp_size_in_bytes / 2**20)
     batches = None
     if case.get('data'):  # the real built-in scene stream, made ahead in the trainer's prefetcher
-      from tapir import trainer  # pylint: disable=g-import-not-at-top
-      from tapir.data import sources  # pylint: disable=g-import-not-at-top
-      batches = sources.Prefetcher(sources.train_batches(config, 0), config.data.get('prefetch', 2),
-                                   transform=trainer._put_on_devices)  # pylint: disable=protected-access
+      from tapir.data import streams  # pylint: disable=g-import-not-at-top
+      batches = streams.Prefetcher(streams.train_batches(config, 0), config.data.get('prefetch', 2),
+                                   transform=streams.put_on_devices)
 
     def run():
       holder[0], metrics = step(holder[0], batch_arrays if batches is None else next(batches))

@@ -25,12 +25,12 @@ from absl import logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from tapir import evaluation
-from tapir import inference
 from tapir import metrics
-from tapir.data import sources
+from tapir.data import streams
 from tapir.data import tapvid
-from tapir import tapnet_tracker
+from tapir.evaluation import loop as evaluation
+from tapir.tracking import tapnet as tapnet_tracker
+from tapir.tracking import tracker as tracker_lib
 
 _TAPNET = flags.DEFINE_string('tapnet_checkpoint', '/tmp/tapnet_cpu/tapnet_checkpoint.npz', 'TAP-Net weights')
 _TAPNET_RES = flags.DEFINE_list('tapnet_resolution', ['64', '64'], 'height,width TAP-Net runs at')
@@ -60,7 +60,7 @@ def predictors() -> dict:
                                                    resolution=_hw(_TAPNET_RES.value, 'tapnet_resolution'))
     out['TAP-Net'] = lambda video, queries: (lambda r: (r.tracks, ~r.visible))(tracker.predict(video, queries))
   if _TAPIR.value:
-    tapir_tracker = inference.Tracker.from_checkpoint(_TAPIR.value, _TAPIR_PRESET.value or None, _CHUNK.value)
+    tapir_tracker = tracker_lib.Tracker.from_checkpoint(_TAPIR.value, _TAPIR_PRESET.value or None, _CHUNK.value)
     size = _hw(_TAPIR_RES.value, 'tapir_resolution') if _TAPIR_RES.value else tapir_tracker.resolution
     out['TAPIR'] = lambda video, queries: (lambda r: (r.tracks, ~r.visible))(
         tapir_tracker.predict(video, queries, resize_to=size))
@@ -73,7 +73,7 @@ def examples(query_mode: str):
     from tapir.data import synthetic
     h, w = _hw(_SIZE.value, 'size')
     scenes = synthetic.SceneConfig(height=h, width=w, num_frames=_NUM_FRAMES.value)
-    return sources.synthetic_evaluation_set(_NUM_VIDEOS.value, query_mode, scenes)
+    return streams.synthetic_evaluation_set(_NUM_VIDEOS.value, query_mode, scenes)
   return tapvid.open_dataset(_DATASET.value, _PATH.value, query_mode)
 
 

@@ -19,9 +19,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tapir import viz  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tapir.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tapir.data import streams  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tapir.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tapir.tracking import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tapir.tracking import paint  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def loss_curve(history_path: str, eval_path: str | None, out: str) -> None:
@@ -55,22 +56,21 @@ def loss_curve(history_path: str, eval_path: str | None, out: str) -> None:
 
 def scene_figures(checkpoint: str | None, out_dir: str, seed: int = 3) -> None:
   scenes = synthetic.SceneConfig(height=256, width=256, num_frames=24)
-  examples = list(sources.synthetic_evaluation_set(seed + 1, 'first', scenes, tracks=48))
+  examples = list(streams.synthetic_evaluation_set(seed + 1, 'first', scenes, tracks=48))
   example = examples[seed]
   t = example.video.shape[0]
   frames = [0, t // 3, 2 * t // 3, t - 1]
   gt_visible = ~example.occluded
-  colors = viz.rainbow_colors(example.query_points, example.video.shape[1:3])
-  painted = viz.paint_tracks(example.video, example.target_points, gt_visible, colors, trail=6, radius=3)
-  sheet = viz.contact_sheet(painted[frames], columns=4, labels=[f'frame {f}' for f in frames])
-  viz.save_image(os.path.join(out_dir, 'synthetic_clip.png'), sheet)
+  colors = paint.rainbow_colors(example.query_points, example.video.shape[1:3])
+  painted = paint.paint_tracks(example.video, example.target_points, gt_visible, colors, trail=6, radius=3)
+  sheet = paint.contact_sheet(painted[frames], columns=4, labels=[f'frame {f}' for f in frames])
+  paint.save_image(os.path.join(out_dir, 'synthetic_clip.png'), sheet)
   if checkpoint:
-    from tapir import track_video  # pylint: disable=g-import-not-at-top
-    tracker = track_video.load_tracker(checkpoint)  # the architecture stored by the trainer
+    tracker = cli.load_tracker(checkpoint)  # the architecture stored by the trainer
     result = tracker.predict(example.video, example.query_points, resize_to=tracker.resolution)
-    both = viz.compare_tracks(example.video, result.tracks, result.visible, example.target_points, gt_visible,
+    both = paint.compare_tracks(example.video, result.tracks, result.visible, example.target_points, gt_visible,
                               colors=colors, trail=6, radius=3)
-    viz.save_image(os.path.join(out_dir, 'tracked_frame.png'), both[frames[2]])
+    paint.save_image(os.path.join(out_dir, 'tracked_frame.png'), both[frames[2]])
 
 
 def main():

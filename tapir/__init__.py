@@ -8,18 +8,20 @@ from tapir import checkpoint
 from tapir import conventions
 from tapir.checkpoint import load_checkpoint
 from tapir.checkpoint import save_checkpoint
-from tapir.inference import grid_query_points
-from tapir.inference import mask_query_points
-from tapir.inference import PRESETS
-from tapir.inference import Tracker
+from tapir.checkpoint import PRESETS
 from tapir.models.tapir import FeatureGrids
-from tapir.online import OnlineOutput
-from tapir.online import OnlineTracker
 from tapir.models.tapir import QueryFeatures
 from tapir.models.tapir import TAPIR
 from tapir.models.tapnet import TAPNet
+from tapir.tracking.online import OnlineOutput
+from tapir.tracking.online import OnlineTracker
+from tapir.tracking.queries import grid_query_points
+from tapir.tracking.queries import mask_query_points
+from tapir.tracking.tapnet import TAPNetTracker
+from tapir.tracking.tracker import Tracker
 
 __all__ = [
     'checkpoint', 'conventions', 'load_checkpoint', 'save_checkpoint', 'grid_query_points', 'mask_query_points',
     'PRESETS', 'Tracker', 'OnlineTracker', 'OnlineOutput', 'FeatureGrids', 'QueryFeatures', 'TAPIR', 'TAPNet',
+    'TAPNetTracker',
 ]

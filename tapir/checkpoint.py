@@ -115,12 +115,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
   return contents.params, contents.state
 
 
-def read_model_kwargs(path: str | os.PathLike) -> dict[str, Any] | None:
-  """The `tapir.TAPIR` settings stored in a checkpoint we wrote (None for the released checkpoints)."""
-  return read_checkpoint(path).model_kwargs
-
-
-
 def save_checkpoint(path: str | os.PathLike, params: Params, state: Params | None = None, *,
                     format: str = 'tapir',  # pylint: disable=redefined-builtin
                     model_kwargs: Mapping[str, Any] | None = None, **extra) -> None:

@@ -3,9 +3,9 @@
 Public entry points are in `tapir.checkpoint` (`load_checkpoint`, `save_checkpoint`, `read_checkpoint`).
 
   official  `.npy` (magic b'\\x93NUMPY') of a 0-d object array holding {'params': ..., 'state': ..., extras}.
-            `read_official` parses the header with `numpy.lib.format` and unpickles the payload with an
-            allow-list: containers, strings and numbers are pickle opcodes; the only globals admitted are the
-            numpy functions that rebuild arrays, dtypes and scalars. Anything else (how a crafted file runs code)
+            `read_official` parses the header with `numpy.lib.format` and unpickles the payload with
+            `tapir.safe_pickle`'s allow-list: containers, strings and numbers are pickle opcodes; the only
+            globals admitted are the numpy functions that rebuild arrays, dtypes and scalars. Anything else (how a crafted file runs code)
             raises `UnsafeCheckpointError` naming it, before it is called.
   ours      `.npz` zip (magic b'PK\\x03\\x04') of plain arrays, read with `allow_pickle=False`: entry
             `__tapir_checkpoint__` is UTF-8 JSON {"format_version", "arrays": [[tree, module, name], ...] (entry
@@ -14,40 +14,21 @@ Public entry points are in `tapir.checkpoint` (`load_checkpoint`, `save_checkpoi
 
 import json
 import os
-import pickle
 import tempfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
 from numpy.lib import format as npy_format
 
+from tapir import safe_pickle
+
 NPY_MAGIC = b'\x93NUMPY'
 ZIP_MAGIC = b'PK\x03\x04'
 FORMAT_VERSION = 1  # of our .npz format
 METADATA_ENTRY = '__tapir_checkpoint__'
 
-# Everything numpy's pickles of arrays, dtypes and scalars refer to (numpy 1 and 2 module names). Containers,
-# strings and numbers need no globals: they are pickle opcodes.
-_ALLOWED_GLOBALS = frozenset({
-    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-    ('numpy', 'ndarray'), ('numpy', 'dtype'),
-    ('_codecs', 'encode'),  # protocol-2 pickles spell bytes as _codecs.encode(str, 'latin1')
-})
-
-
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(safe_pickle.UnsafePickleError):
   """A checkpoint's pickle refers to something other than containers, numbers, strings and numpy arrays."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-  """Rebuilds only containers and numpy arrays/dtypes/scalars; refuses every other global by name."""
-
-  def find_class(self, module: str, name: str) -> Any:
-    if (module, name) in _ALLOWED_GLOBALS:
-      return super().find_class(module, name)
-    raise UnsafeCheckpointError(f'refusing to load {module}.{name}: a checkpoint may contain only dicts, lists, '
-                                'strings, numbers and numpy arrays (the file may have been crafted to run code)')
 
 
 def read_official(path: str, f) -> Any:
@@ -63,7 +44,7 @@ def read_official(path: str, f) -> Any:
     raise ValueError(f"{path} is not a TAPIR checkpoint: expected a pickled dict with 'params' (and 'state'); "
                      f'got a plain {dtype} array of shape {shape}')
   try:
-    content = _RestrictedUnpickler(f).load()
+    content = safe_pickle.load(f, UnsafeCheckpointError)
   except UnsafeCheckpointError as e:
     raise UnsafeCheckpointError(f'{path}: {e}') from None
   except Exception as e:  # truncated or corrupt pickles raise several kinds

@@ -18,6 +18,9 @@ resolution is a pure multiplication, `coords * out_size / in_size`, with no half
 (`convert_grid_coordinates`). Frame indices `t` are points, not cells: no offset is ever applied to them.
 
 Visibility combines both logits: visible iff (1 - sigmoid(occlusion)) * (1 - sigmoid(expected_dist)) > 0.5.
+
+TAP-Vid query modes (`QUERY_MODES`): 'first' queries each track at its first visible frame, 'strided' at every
+5th frame where it is visible (`tapir.data.query_sampling`).
 """
 
 from typing import Sequence
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-VIDEO_RANGE = (-1.0, 1.0)
+QUERY_MODES = ('first', 'strided')
 
 
 def convert_grid_coordinates(

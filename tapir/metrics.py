@@ -1,7 +1,7 @@
 """TAP-Vid metrics: occlusion accuracy, position accuracy `<δ` and Jaccard, per video or per track.
 
 All coordinates follow `tapir.conventions` (query_points (t, y, x), tracks (x, y), raster pixels) and must already be
-in the metric resolution (256x256 for the published numbers; see `tapir.data.tapvid.rescale_to_metric_resolution`).
+in the metric resolution (256x256 for the published numbers; see `tapir.data.query_sampling.rescale_to_metric_resolution`).
 
 Definitions (TAP-Vid paper; training_and_data spec section 4.4). For each query, its query frame is
 `q = round(t)` (half to even). Frames are evaluated where E holds: `f > q` in query mode 'first' (earlier frames
@@ -23,8 +23,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from tapir.conventions import QUERY_MODES  # pylint: disable=unused-import  (metrics.QUERY_MODES, public)
+
 THRESHOLDS = (1, 2, 4, 8, 16)  # pixels at the metric resolution; the TAP-Vid δ^0..δ^4
-QUERY_MODES = ('first', 'strided')
 METRIC_KEYS = (
     ('occlusion_accuracy',)
     + tuple(f'pts_within_{d}' for d in THRESHOLDS)

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from tapir import evaluation
+from tapir.evaluation import loop as evaluation
 from tapir import metrics
 from tapir.data import tapvid
 

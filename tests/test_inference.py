@@ -7,7 +7,8 @@ import pytest
 
 import tapir
 from tapir import conventions
-from tapir import inference
+from tapir import video as video_lib
+from tapir.tracking import tracker as inference
 from tests.conftest import SMALL_KWARGS
 
 
@@ -28,7 +29,7 @@ def test_track_equals_the_model_on_the_resized_video(tracker, small_checkpoint, 
   out = tracker.predict(video, queries, resize_to=(64, 64))  # 5 queries in chunks of 4: padded last chunk
   assert out.tracks.shape == (5, 4, 2) and out.visible.shape == (5, 4) and out.visible.dtype == bool
 
-  resized = conventions.frames_to_model_input(inference.resize_video(video, (64, 64)))[None]
+  resized = conventions.frames_to_model_input(video_lib.resize_video(video, (64, 64)))[None]
   scaled = queries * np.array([1, 64 / 50, 64 / 70], np.float32)
   forward = hk.transform_with_state(lambda v, q: tapir.TAPIR(**SMALL_KWARGS)(v, False, q))
   ref, _ = jax.jit(forward.apply)(*small_checkpoint, None, resized, scaled[None])

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from tapir import eval_runner
-from tapir import evaluation
+from tapir.evaluation import runner as eval_runner
+from tapir.evaluation import loop as evaluation
 from tapir import metrics
 from tapir.data import jhmdb
 

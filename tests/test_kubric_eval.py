@@ -7,7 +7,7 @@ from movi_e_testdata import golden_example
 from movi_e_testdata import NUM_EXAMPLES
 from movi_e_testdata import TINY_MOVI_E
 from movi_e_testdata import tiny_movi_e_builder
-from tapir import evaluation
+from tapir.evaluation import loop as evaluation
 from tapir.data import kubric
 from tapir.data import tapvid
 

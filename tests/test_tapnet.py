@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import tapir
-from tapir import tapnet_tracker
+from tapir.tracking import tapnet as tapnet_tracker
 from tapir.models import tapnet
 from tapir.models import tsm_resnet
 from tests.conftest import REPO
@@ -173,7 +173,7 @@ def test_cross_replica_batchnorm_uses_global_batch_statistics():
 
 def test_reference_recipe_config():
   from configs import tapnet as tapnet_configs  # pylint: disable=g-import-not-at-top
-  from tapir import training  # pylint: disable=g-import-not-at-top
+  from tapir.training import state as training  # pylint: disable=g-import-not-at-top
   config = tapnet_configs.get_config()
   assert training.model_kind(config) == 'tapnet' and config.model.to_dict() == dict(
       feature_grid_stride=8, num_heads=1, cross_replica_axis='i', num_frames=24)
@@ -188,7 +188,7 @@ def test_reference_recipe_config():
 
 
 def test_loss_is_the_single_reference_term():
-  from tapir import training  # pylint: disable=g-import-not-at-top
+  from tapir.training import state as training  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   tracks = rng.uniform(0, 64, (1, 3, 4, 2)).astype(np.float32)
   target = tracks + rng.normal(0, 6, tracks.shape).astype(np.float32)  # some errors beyond the Huber delta
@@ -207,7 +207,7 @@ def test_loss_is_the_single_reference_term():
 def test_two_step_training_smoke(tmp_path):
   """The shared runner trains TAP-Net (tiny preset) for two steps, evaluates, and exports loadable weights."""
   from configs import tapnet as tapnet_configs  # pylint: disable=g-import-not-at-top
-  from tapir import trainer  # pylint: disable=g-import-not-at-top
+  from tapir.training import loop as trainer  # pylint: disable=g-import-not-at-top
   config = tapnet_configs.get_config('tiny')
   result = trainer.train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 2 and np.isfinite(result['metrics']['loss'])

@@ -123,7 +123,7 @@ def test_kinetics_shards_with_jpeg_frames(tmp_path):
 
 
 def _write_mp4(path, frames):
-  from tapir import track_video  # pylint: disable=g-import-not-at-top
+  from tapir.tracking import cli as track_video  # pylint: disable=g-import-not-at-top
   track_video.ensure_ffmpeg()
   mediapy.write_video(path, frames, fps=10)
 
@@ -218,3 +218,27 @@ def test_rescale_to_metric_resolution_is_a_pure_multiplication():
   qp, tr = tapvid.rescale_to_metric_resolution(query_points, tracks, (48, 96))
   np.testing.assert_allclose(qp, [[3.0, 64.0, 64.0]])
   np.testing.assert_allclose(tr, [[[64.0, 64.0]]])
+
+
+class _Payload:
+  """Unpickling this calls `open(path, 'w')`: what a crafted annotation file would do."""
+
+  def __init__(self, path):
+    self.path = str(path)
+
+  def __reduce__(self):
+    return (open, (self.path, 'w'))
+
+
+def test_a_crafted_pickle_cannot_run_code(tmp_path):
+  import pickle  # pylint: disable=g-import-not-at-top
+  from tapir import safe_pickle  # pylint: disable=g-import-not-at-top
+  marker = tmp_path / 'payload_ran'
+  evil = tmp_path / 'tapvid_davis.pkl'
+  video = np.zeros((2, 8, 8, 3), np.uint8)
+  with open(evil, 'wb') as f:
+    pickle.dump({'clip': {'video': video, 'points': np.zeros((1, 2, 2)), 'occluded': np.zeros((1, 2), bool),
+                          'extra': _Payload(marker)}}, f)
+  with pytest.raises(safe_pickle.UnsafePickleError, match=r'tapvid_davis\.pkl: refusing to load .*open'):
+    list(tapvid.open_dataset('davis', evil, 'first'))
+  assert not marker.exists()

@@ -12,8 +12,8 @@ from PIL import Image
 import pytest
 
 import tapir
-from tapir import track_video
-from tapir import video_io
+from tapir.tracking import cli as track_video
+from tapir import video as video_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ import pytest
 
 import tapir
 from configs import tapir as tapir_configs
-from tapir import trainer
-from tapir import training
+from tapir.training import loop as trainer
+from tapir.training import state as training
 from tests.conftest import REPO
 
 
@@ -98,7 +98,7 @@ def test_runner_smoke_resume_and_export(tmp_path):
   assert 'tracks_image' not in straight['eval']
   exported = straight['exported']
   params, _ = tapir.load_checkpoint(exported)
-  assert tapir.checkpoint.read_model_kwargs(exported) == trainer.model_kwargs(config)
+  assert tapir.checkpoint.read_checkpoint(exported).model_kwargs == trainer.model_kwargs(config)
 
   # Fine-tuning starts from the exported weights; a config whose model contradicts the stored settings is refused.
   tuned = trainer.train_and_evaluate(_tiny(**{'training_steps': 2, 'eval.every_steps': 100,
@@ -135,7 +135,7 @@ def test_absl_runner_two_steps(tmp_path):
 _MULTI_DEVICE = textwrap.dedent('''
     import jax, numpy as np
     from tests.test_training import _tiny, _fixed_batch
-    from tapir import trainer, training
+    from tapir.training import loop as trainer, state as training
     assert jax.local_device_count() == 2
     config = _tiny(**{'model.normalization': 'batchnorm', 'data.per_device_batch': 2, 'train_chunk_size': 64,
                       'optimizer.warmup_steps': 1})
@@ -193,7 +193,7 @@ def test_two_processes_train_identically(tmp_path):
     code = textwrap.dedent(f'''
         import numpy as np, jax
         from tests.test_training import _tiny
-        from tapir import trainer
+        from tapir.training import loop as trainer
         config = _tiny(**{{'training_steps': 2, 'distributed.initialize': True,
                            'distributed.coordinator_address': 'localhost:{port}', 'distributed.num_processes': 2,
                            'distributed.process_id': {rank}, 'distributed.cpu_collectives': 'gloo',
@@ -291,10 +291,10 @@ def test_history_files_have_one_row_per_step_after_a_resume(tmp_path):
 
 
 def test_prefetched_batches_are_the_batches_in_order():
-  from tapir.data import sources  # pylint: disable=g-import-not-at-top
+  from tapir.data import streams as sources  # pylint: disable=g-import-not-at-top
   config = _tiny(**{'data.per_device_batch': 2})
   plain = list(itertools.islice(sources.train_batches(config, 3), 4))
-  prefetcher = sources.Prefetcher(sources.train_batches(config, 3), size=2, transform=trainer._put_on_devices)
+  prefetcher = sources.Prefetcher(sources.train_batches(config, 3), size=2, transform=sources.put_on_devices)
   fetched = list(itertools.islice(prefetcher, 4))
   prefetcher.close()
   for a, b in zip(plain, fetched):
@@ -319,7 +319,7 @@ def test_prefetched_batches_are_the_batches_in_order():
 
 
 def test_synthetic_evaluation_set_is_rendered_once(monkeypatch):
-  from tapir.data import sources  # pylint: disable=g-import-not-at-top
+  from tapir.data import streams as sources  # pylint: disable=g-import-not-at-top
   from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
   sources._rendered_evaluation_set.cache_clear()  # pylint: disable=protected-access
   rendered = []

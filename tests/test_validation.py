@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import tapir
-from tapir import inference
-from tapir import track_video
+from tapir.tracking import tracker as inference
+from tapir.tracking import cli as track_video
 from tapir.data import tapvid
 from tests.conftest import SMALL_KWARGS
 

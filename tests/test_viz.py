@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from tapir import viz
+from tapir.tracking import paint as viz
 
 RED = np.array([[255, 0, 0]], np.uint8)
 GREY = 100

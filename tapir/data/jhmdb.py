@@ -9,7 +9,7 @@ Videos come in sorted order (class, then split-file order; the reference shuffle
 image at frame 0 (`0 <= x < W`, `0 <= y < H` fails) is invalid for the whole clip: it gets no query and is not
 scored. Queries are the valid joints at frame 0, rescaled to the resized video (the reference forgets this
 rescaling). The video is truncated to the pose length. Scoring: `tapir.metrics.PckAccumulator`,
-`tapir.evaluation.evaluate_jhmdb`. Reading the `.mat` files needs scipy.
+`tapir.evaluation.loop.evaluate_jhmdb`. Reading the `.mat` files needs scipy.
 """
 
 import glob

@@ -15,12 +15,16 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from tapir.data import geometry
+# Camera geometry lives in `geometry`; `project` and `unproject` stay public names of this module too.
+from tapir.data.geometry import project, quaternion_to_matrix, unproject
+
 STRIDE = 4
 MAX_SEG_ID = 25
 DEPTH_TOLERANCE = 0.99  # a point is hidden if the surface in front is nearer than 99% of its own depth
 NORMAL_DIFFERENCE = 0.05  # neighbouring normals further apart than this make a pixel's normal untrusted
 # The unit cube's corners in MOVi-E's bboxes_3d order: x slowest, z fastest.
-UNIT_CORNERS = np.array([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)], np.float64)
+UNIT_CORNERS = geometry.box_corners(np.full(3, 0.5))
 
 
 class Tracks(NamedTuple):
@@ -46,55 +50,14 @@ def decode_object_coordinates(example) -> np.ndarray:  # [t, h, w, 3] in [-0.5, 
   return np.asarray(example['object_coordinates'], np.float32) / 65535.0 - 0.5
 
 
-def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:  # [..., 4] (w, x, y, z) -> [..., 3, 3]
-  w, x, y, z = np.moveaxis(np.asarray(q, np.float64), -1, 0)
-  return np.stack([
-      np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-      np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-      np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-  ], -2)
-
-
 def camera_intrinsics(example, height: int, width: int) -> np.ndarray:  # [t, 3, 3]
   """Normalised-image intrinsics; fy = fx * h / w is the reference's (square-image) convention."""
-  fx = float(example['camera/focal_length']) / float(example['camera/sensor_width'])
-  fy = fx * height / width
-  k = np.array([[fx, 0.0, -0.5], [0.0, -fy, -0.5], [0.0, 0.0, -1.0]])
+  k = geometry.intrinsics_matrix(example['camera/focal_length'], example['camera/sensor_width'], height, width)
   return np.broadcast_to(k, (len(example['camera/positions']), 3, 3)).copy()
 
 
 def camera_matrix_world(example) -> np.ndarray:  # [t, 4, 4] camera-to-world
-  positions = np.asarray(example['camera/positions'], np.float64)
-  m = np.zeros((len(positions), 4, 4))
-  m[:, :3, :3] = quaternion_to_matrix(example['camera/quaternions'])
-  m[:, :3, 3] = positions
-  m[:, 3, 3] = 1.0
-  return m
-
-
-def project(points: np.ndarray, intrinsics: np.ndarray, matrix_world: np.ndarray) -> np.ndarray:
-  """World points [n, t, 3] -> [n, t, 3]: (u, v) normalised raster ((0,0) top-left, (1,1) bottom-right), and
-  the sign-carrying third coordinate (negative = behind the camera)."""
-  world_to_camera = np.linalg.inv(matrix_world)  # [t, 4, 4]
-  homogeneous = np.concatenate([points, np.ones(points.shape[:-1] + (1,))], -1)
-  camera = np.einsum('tij,ntj->nti', world_to_camera, homogeneous)[..., :3]
-  q = np.einsum('tij,ntj->nti', intrinsics, camera)
-  return np.concatenate([q[..., :2] / q[..., 2:], np.sign(q[..., 2:])], -1)
-
-
-def unproject(rows: np.ndarray, cols: np.ndarray, frames: np.ndarray, depth: np.ndarray,
-              intrinsics: np.ndarray, matrix_world: np.ndarray) -> np.ndarray:  # [n, 3] world points
-  """Pixels (frame, row, col) -> the world point their centre's ray hits at the decoded depth."""
-  h, w = depth.shape[1:3]
-  u = (cols + 0.5) / w
-  v = (rows + 0.5) / h
-  k = intrinsics[frames]
-  # K^-1 (u, v, 1) with K = [[fx, 0, -.5], [0, -fy, -.5], [0, 0, -1]].
-  ray = np.stack([(u - 0.5) / k[:, 0, 0], (0.5 - v) / (-k[:, 1, 1]), -np.ones_like(u)], -1)
-  ray = ray / np.linalg.norm(ray, axis=-1, keepdims=True)
-  camera = ray * depth[frames, rows, cols][:, None]
-  m = matrix_world[frames]
-  return np.einsum('nij,nj->ni', m[:, :3, :3], camera) + m[:, :3, 3]
+  return geometry.matrix_world(example['camera/positions'], quaternion_to_matrix(example['camera/quaternions']))
 
 
 def box_transforms(bboxes_3d: np.ndarray) -> np.ndarray:

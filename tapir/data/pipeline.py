@@ -8,7 +8,7 @@ already trained -> decode the videos -> numpy -> Kubric track conversion (`tapir
 example i's random choices drawn from (seed, i)) -> colour augmentation -> batches of
 `jax.local_device_count() x per_device_batch`. Every stage is deterministic, so batch k of the stream is a function
 of (seed, k) only: a run resumed at step k sees the batches an uninterrupted run would have seen (the skipped
-examples are read and shuffled but not decoded). The trainer prefetches the batches (`tapir.data.sources.prefetch`).
+examples are read and shuffled but not decoded). The trainer prefetches the batches (`tapir.data.streams.Prefetcher`).
 The MOVi-E builders live in the Kubric repository, not in TFDS itself: point `data_dir` at a directory (or bucket)
 that holds the prepared `movi_e` / `panning_movi_e` datasets.
 """
@@ -16,7 +16,7 @@ that holds the prepared `movi_e` / `panning_movi_e` datasets.
 import collections
 from concurrent import futures
 import itertools
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -50,6 +50,14 @@ def convert(example: Mapping[str, np.ndarray], seed: int, tracks_to_sample: int,
   return out
 
 
+def stack_clips(clips: Sequence[Mapping[str, np.ndarray]], devices: int, per_device_batch: int) -> dict:
+  """devices * per_device_batch example dicts -> one batch, each field [devices, per_device_batch, ...]."""
+  if len(clips) != devices * per_device_batch:
+    raise ValueError(f'need devices * per_device_batch = {devices * per_device_batch} clips, got {len(clips)}')
+  return {k: np.stack([c[k] for c in clips]).reshape((devices, per_device_batch) + np.shape(clips[0][k]))
+          for k in EXAMPLE_KEYS}
+
+
 def batches_from_examples(examples: Iterable[Mapping[str, np.ndarray]], per_device_batch: int,
                           tracks_to_sample: int = 256, train_size=(256, 256), random_crop: bool = True,
                           color_augmentation: bool = True, seed: int = 0, num_workers: int = 4,
@@ -79,9 +87,7 @@ def batches_from_examples(examples: Iterable[Mapping[str, np.ndarray]], per_devi
         in_flight.append(pool.submit(work, index, example))
       if len(in_flight) < size:
         return
-      clips = [in_flight.popleft().result() for _ in range(size)]
-      yield {k: np.stack([c[k] for c in clips]).reshape((devices, per_device_batch) + clips[0][k].shape)
-             for k in EXAMPLE_KEYS}
+      yield stack_clips([in_flight.popleft().result() for _ in range(size)], devices, per_device_batch)
 
 
 def tf_dataset_examples(dataset, shuffle_buffer: int, seed: int, repeat: bool = True, skip: int = 0,

@@ -1,6 +1,6 @@
-"""TAP-Vid evaluation datasets: readers, query sampling and the `TapVidExample` container.
+"""TAP-Vid evaluation datasets: readers and the `TapVidExample` container.
 
-Every reader streams one `TapVidExample` per video. Videos are uint8 [t, h, w, 3], resized to `resolution`
+Every reader streams one `TapVidExample` per video, its queries sampled by `tapir.data.query_sampling`. Videos are uint8 [t, h, w, 3], resized to `resolution`
 (height, width; default 256x256) with `mediapy.resize_video` (PIL Lanczos per frame) only if the stored size
 differs, or left at their native size with `resolution=None`. Datasets store points normalised to [0, 1]; readers
 multiply them by the (w, h) of the video they emit, so all coordinates are raster pixels of `example.video`
@@ -23,7 +23,8 @@ On-disk formats (spec section 4.2; `points` are normalised (x, y), `occluded` Tr
                    `validation` split goes through the training track pipeline (`read_kubric`; needs the
                    `data` extra).
 
-Pickles can run code when loaded: read only files you trust. Query modes: 'first' and 'strided' (spec 4.3).
+Pickles are read with `tapir.safe_pickle`: containers, strings, numbers and numpy arrays only, never code.
+Query modes: 'first' and 'strided' (spec 4.3).
 """
 
 import csv
@@ -31,18 +32,19 @@ import glob
 import io
 import math
 import os
-import pickle
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
 
 from tapir import conventions
-from tapir import inference
+from tapir import safe_pickle
+from tapir import video as video_lib
 from tapir.data import kubric_eval
+from tapir.data.query_sampling import (DEFAULT_STRIDE, rescale_to_metric_resolution,  # pylint: disable=unused-import
+                                       sample_queries_first, sample_queries_strided)
+from tapir.conventions import QUERY_MODES
 
-QUERY_MODES = ('first', 'strided')
-DEFAULT_STRIDE = 5  # strided mode queries every visible point at frames 0, 5, 10, ...
 # Visible points may lie slightly outside [0, 1]: the Kinetics shards shift points by half an original pixel
 # and annotations sit on frame borders. Anything further out is taken for pixel coordinates (a format error).
 NORMALISED_TOLERANCE = 0.05
@@ -78,68 +80,6 @@ class TapVidExample(NamedTuple):
     if self.trackgroup is not None:
       batch['trackgroup'] = self.trackgroup[None]
     return batch
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Query sampling (spec 4.3).
-
-
-def _check_tracks(occluded: np.ndarray, tracks: np.ndarray) -> None:
-  if occluded.ndim != 2 or tracks.shape != occluded.shape + (2,):
-    raise ValueError(f'expected occluded [n, t] and tracks [n, t, 2], got {occluded.shape} and {tracks.shape}')
-
-
-def sample_queries_first(
-    occluded: np.ndarray,  # [n, t] bool
-    tracks: np.ndarray,  # [n, t, 2] (x, y) pixels
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # [q, 3] (t, y, x), [q, t, 2], [q, t]
-  """Queries every track at its first visible frame; tracks never visible are dropped, order is kept."""
-  occluded = np.asarray(occluded, bool)
-  _check_tracks(occluded, tracks)
-  visible = ~occluded
-  kept = np.flatnonzero(visible.any(axis=1))  # [q]
-  first = np.argmax(visible[kept], axis=1)  # [q] first True
-  xy = tracks[kept, first]  # [q, 2]
-  query_points = np.stack([first, xy[:, 1], xy[:, 0]], axis=-1).astype(np.float32)
-  return query_points, tracks[kept], occluded[kept]
-
-
-def sample_queries_strided(
-    occluded: np.ndarray,  # [n, t] bool
-    tracks: np.ndarray,  # [n, t, 2] (x, y) pixels
-    stride: int = DEFAULT_STRIDE,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # [q, 3], [q, t, 2], [q, t], [q] int32
-  """Queries every track visible at frames 0, stride, 2 * stride, ...; ordered by frame, then track index.
-
-  A track is queried once per stride frame where it is visible (`trackgroup` holds its index); tracks visible at
-  no stride frame are dropped.
-  """
-  occluded = np.asarray(occluded, bool)
-  _check_tracks(occluded, tracks)
-  if stride < 1:
-    raise ValueError(f'stride must be >= 1, got {stride}')
-  groups = [np.flatnonzero(~occluded[:, f]) for f in range(0, occluded.shape[1], stride)]
-  frames = [np.full(len(g), f) for f, g in zip(range(0, occluded.shape[1], stride), groups)]
-  trackgroup = np.concatenate(groups).astype(np.int32) if groups else np.zeros([0], np.int32)
-  frame = np.concatenate(frames) if frames else np.zeros([0], np.int64)
-  xy = tracks[trackgroup, frame]  # [q, 2]
-  query_points = np.stack([frame, xy[:, 1], xy[:, 0]], axis=-1).astype(np.float32)
-  return query_points, tracks[trackgroup], occluded[trackgroup], trackgroup
-
-
-def rescale_to_metric_resolution(
-    query_points: np.ndarray | None,  # [..., 3] (t, y, x) pixels of a video of size video_hw
-    tracks: np.ndarray | None,  # [..., 2] (x, y) pixels of that video
-    video_hw: Sequence[int],
-    metric_hw: Sequence[int] = (256, 256),
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-  """Rescales coordinates to the metric resolution by pure multiplication (t unchanged); None passes through."""
-  (h, w), (mh, mw) = video_hw, metric_hw
-  if query_points is not None:
-    query_points = conventions.convert_grid_coordinates(np.asarray(query_points), (1, h, w), (1, mh, mw))
-  if tracks is not None:
-    tracks = conventions.convert_grid_coordinates(np.asarray(tracks), (w, h), (mw, mh))
-  return query_points, tracks
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,7 +137,7 @@ def make_example(
     raise ValueError(f'query_mode must be one of {QUERY_MODES}, got {query_mode!r}')
   video, points, occluded = _check_arrays(video, points, occluded, source, fmt)
   if resolution is not None:
-    video = inference.resize_video(video, tuple(resolution))
+    video = video_lib.resize_video(video, tuple(resolution))
   h, w = video.shape[1:3]
   tracks = (points * np.array([w, h], np.float64)).astype(np.float32)  # [N, T, 2] pixels of the emitted video
   trackgroup = None
@@ -226,7 +166,9 @@ def _check_call(path: str | os.PathLike, query_mode: str, kind: str = 'file') ->
 def _load_pickle(path: str, fmt: str) -> Any:
   try:
     with open(path, 'rb') as f:
-      return pickle.load(f)
+      return safe_pickle.load(f)  # arrays and containers only: a crafted file cannot run code
+  except safe_pickle.UnsafePickleError as e:
+    raise safe_pickle.UnsafePickleError(f'{path}: {e}') from None
   except Exception as e:  # unpickling fails with many exception types
     raise _format_error(path, fmt, f'cannot unpickle ({type(e).__name__}: {e})') from e
 
@@ -352,8 +294,7 @@ def read_csv_dataset(csv_path, video_dir, query_mode: str, resolution=(256, 256)
 
   def generate():
     import mediapy  # pylint: disable=g-import-not-at-top  (lazy: it imports matplotlib)
-    from tapir import video_io  # pylint: disable=g-import-not-at-top
-    video_io.ensure_ffmpeg()
+    video_lib.ensure_ffmpeg()
     for video_id, (points, occluded) in annotations.items():
       video_path = os.path.join(video_dir, video_id if video_id.endswith('.mp4') else video_id + '.mp4')
       if not os.path.isfile(video_path):
@@ -409,7 +350,7 @@ def read_kubric(data_dir, query_mode: str, resolution=(256, 256), **kwargs) -> I
       video, query_points, tracks = v.video, v.query_points, v.target_points
       if resolution is not None and tuple(resolution) != video.shape[1:3]:
         query_points, tracks = rescale_to_metric_resolution(query_points, tracks, video.shape[1:3], resolution)
-        video = inference.resize_video(video, tuple(resolution))
+        video = video_lib.resize_video(video, tuple(resolution))
       yield TapVidExample(video, query_points.astype(np.float32), tracks.astype(np.float32), v.occluded, v.name)
   return generate()
 

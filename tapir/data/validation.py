@@ -13,9 +13,6 @@ from typing import Mapping
 import numpy as np
 
 EXAMPLE_KEYS = ('video', 'query_points', 'target_points', 'occluded')
-MOVI_KEYS = ('video', 'segmentations', 'depth', 'normal', 'object_coordinates', 'metadata/depth_range',
-             'camera/focal_length', 'camera/sensor_width', 'camera/positions', 'camera/quaternions',
-             'instances/bboxes_3d', 'instances/quaternions')
 
 
 def _fail(key: str, problem: str):
@@ -68,15 +65,3 @@ def validate_example(example: Mapping[str, np.ndarray], *, num_frames: int | Non
     _fail('occluded', f'dtype must be bool (True = occluded); got {occluded.dtype}')
   if occluded.shape != (n, t):
     _fail('occluded', f'shape must be [num_points={n}, frames={t}]; got {occluded.shape}')
-
-
-def validate_movi_example(example: Mapping[str, np.ndarray]) -> None:
-  """Raises ValueError listing missing MOVi-E keys or wrong dtypes of a raw scene dict."""
-  missing = [k for k in MOVI_KEYS if k not in example]
-  if missing:
-    raise ValueError(f'MOVi-E example is missing keys {missing}')
-  dtypes = dict(video=np.uint8, segmentations=np.uint8, depth=np.uint16, normal=np.uint16,
-                object_coordinates=np.uint16)
-  for key, dtype in dtypes.items():
-    if np.asarray(example[key]).dtype != dtype:
-      raise ValueError(f'MOVi-E example[{key!r}] must be {np.dtype(dtype).name}; got {np.asarray(example[key]).dtype}')

@@ -23,6 +23,7 @@ import numpy as np
 import tqdm
 
 from tapir import metrics as metrics_lib
+from tapir.data import query_sampling
 from tapir.data import tapvid
 
 PredictFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -101,9 +102,9 @@ def score_example(
   video_hw = example.video.shape[1:3]
   query_points, gt_tracks = example.query_points, example.target_points
   if tuple(video_hw) != tuple(metric_resolution):
-    query_points, gt_tracks = tapvid.rescale_to_metric_resolution(
+    query_points, gt_tracks = query_sampling.rescale_to_metric_resolution(
         query_points, gt_tracks, video_hw, metric_resolution)
-    _, pred_tracks = tapvid.rescale_to_metric_resolution(None, pred_tracks, video_hw, metric_resolution)
+    _, pred_tracks = query_sampling.rescale_to_metric_resolution(None, pred_tracks, video_hw, metric_resolution)
   scores = metrics_lib.compute_tapvid_metrics(
       query_points[None], example.occluded[None], gt_tracks[None], pred_occluded[None], pred_tracks[None],
       query_mode)

@@ -13,7 +13,7 @@ light. mediapy needs an ffmpeg binary; without one on PATH, the imageio-ffmpeg w
 
 import os
 import shutil
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, NamedTuple, Sequence
 
 from absl import logging
 import numpy as np
@@ -175,3 +175,21 @@ def write_video(path: str | os.PathLike, video: np.ndarray, fps: float) -> None:
   with FrameWriter(path, video.shape[1], video.shape[2], fps) as writer:
     for frame in video:
       writer.write(frame)
+
+
+def check_video(video: np.ndarray) -> None:
+  if not isinstance(video, np.ndarray) or video.dtype != np.uint8:
+    raise ValueError(f'video must be a uint8 numpy array [frames, height, width, 3]; got '
+                     f'{getattr(video, "dtype", type(video))}')
+  if video.ndim != 4 or video.shape[-1] != 3:
+    raise ValueError(f'video must be [frames, height, width, 3] RGB; got shape {video.shape}')
+  if min(video.shape[:3]) < 1:
+    raise ValueError(f'video must have at least one frame, row and column; got shape {video.shape}')
+
+
+def resize_video(video: np.ndarray, hw: Sequence[int]) -> np.ndarray:
+  """uint8 [t, h, w, 3] -> uint8 [t, *hw, 3] with PIL Lanczos per frame (identity if the size matches)."""
+  if tuple(video.shape[1:3]) == tuple(hw):
+    return video
+  import mediapy  # pylint: disable=g-import-not-at-top  (lazy: it imports matplotlib)
+  return np.asarray(mediapy.resize_video(video, tuple(hw)))

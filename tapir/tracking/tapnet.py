@@ -16,7 +16,7 @@ import numpy as np
 
 from tapir import checkpoint as checkpoint_lib
 from tapir import conventions
-from tapir import inference
+from tapir import video as video_lib
 from tapir.models import tapir as tapir_lib
 from tapir.models import tapnet as tapnet_lib
 
@@ -76,7 +76,7 @@ class TAPNetTracker:
 
     `resize_to`: (height, width) to run at; 'default' = `self.resolution`; None = the video's own size.
     """
-    inference.check_video(video)
+    video_lib.check_video(video)
     query_points = np.asarray(query_points, np.float32)
     if query_points.ndim != 2 or query_points.shape[-1] != 3:
       raise ValueError(f'query_points must be [num_points, 3] as (t, y, x); got shape {query_points.shape}')
@@ -87,7 +87,7 @@ class TAPNetTracker:
         raise ValueError(f"resize_to must be (height, width), None or 'default'; got {resize_to!r}")
       resize_to = self.resolution
     model_hw = (h, w) if resize_to is None else tuple(resize_to)
-    frames = jnp.asarray(conventions.frames_to_model_input(inference.resize_video(video, model_hw))[None])
+    frames = jnp.asarray(conventions.frames_to_model_input(video_lib.resize_video(video, model_hw))[None])
     queries = conventions.convert_grid_coordinates(query_points, (t, h, w), (t,) + model_hw)
     n = queries.shape[0]
     if n == 0:  # no queries: empty outputs of the right shapes, no model call

@@ -6,7 +6,7 @@ norm averages over):
   cross-device reduction of gradients) -> optax update (Adam b1 0.9 b2 0.95, decoupled weight decay, warmup +
   cosine learning rate, non-finite updates skipped and counted).
 Batches are dicts of host arrays shaped [local_devices, per_device_batch, ...] (`tapir.data`).
-The loop, checkpointing and evaluation around it live in `tapir.trainer`.
+The loop, checkpointing and evaluation around it live in `tapir.training.loop`.
 """
 
 from typing import Any, Mapping, NamedTuple
@@ -64,6 +64,15 @@ def make_optimizer(config, num_devices: int = 1) -> optax.GradientTransformation
       optax.scale(-1.0),
   )
   return optax.apply_if_finite(chain, max_consecutive_errors=config.max_consecutive_nonfinite)
+
+
+def model_kwargs(config) -> dict[str, Any]:
+  """The model constructor's settings from `config.model` (sequences as tuples, as the constructors expect)."""
+  kwargs = config.model.to_dict()
+  for key in ('blocks_per_group', 'initial_resolution'):
+    if key in kwargs:  # TAP-Net (config.model_kind='tapnet') has neither
+      kwargs[key] = tuple(kwargs[key])
+  return kwargs
 
 
 def model_kind(config) -> str:

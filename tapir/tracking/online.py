@@ -21,7 +21,8 @@ import numpy as np
 
 from tapir import checkpoint as checkpoint_lib
 from tapir import conventions
-from tapir import inference
+from tapir.tracking import queries as queries_lib
+from tapir.tracking import tracker as tracker_lib
 from tapir.models import causal
 from tapir.models import tapir as tapir_lib
 
@@ -37,12 +38,12 @@ class OnlineTracker:
   """Frame-by-frame tracker over a causal TAPIR. See the module docstring."""
 
   def __init__(self, params, state, model_kwargs: Mapping[str, Any],
-               resize_to: Sequence[int] | str | None = inference.MODEL_RESOLUTION, query_chunk_size: int = 64):
+               resize_to: Sequence[int] | str | None = tracker_lib.MODEL_RESOLUTION, query_chunk_size: int = 64):
     """`resize_to`: the (height, width) frames are resized to; 'model' (default) for the model's own
     `initial_resolution` (256x256 for the released models); None for the frames' own size."""
     self.model_kwargs = dict(model_kwargs)
-    query_chunk_size = inference.check_positive_int(query_chunk_size, 'query_chunk_size')
-    self.resize_to = inference.resolve_resize_to(resize_to, self.model_kwargs)
+    query_chunk_size = queries_lib.check_positive_int(query_chunk_size, 'query_chunk_size')
+    self.resize_to = tracker_lib.resolve_resize_to(resize_to, self.model_kwargs)
     if not self.model_kwargs.get('use_causal_conv'):
       raise ValueError('online tracking needs a causal model (use_causal_conv=True, e.g. preset="causal_tapir")')
     checkpoint_lib.check_params(params, self.model_kwargs)
@@ -68,7 +69,7 @@ class OnlineTracker:
     self.frames_seen = 0
 
   @classmethod
-  def from_checkpoint(cls, path: str, preset: str | None = None, resize_to=inference.MODEL_RESOLUTION,
+  def from_checkpoint(cls, path: str, preset: str | None = None, resize_to=tracker_lib.MODEL_RESOLUTION,
                       **overrides):
     """Loads a checkpoint of either format; the architecture follows `checkpoint.resolve_model_kwargs` (a
     released causal checkpoint needs its preset: causality cannot be read off parameter shapes)."""
@@ -77,10 +78,10 @@ class OnlineTracker:
     return cls(contents.params, contents.state, kwargs, resize_to)
 
   @classmethod
-  def random_init(cls, preset: str = 'causal_tapir', seed: int = 0, resize_to=inference.MODEL_RESOLUTION,
+  def random_init(cls, preset: str = 'causal_tapir', seed: int = 0, resize_to=tracker_lib.MODEL_RESOLUTION,
                   **overrides):
-    kwargs = inference.preset_kwargs(preset, **overrides)
-    return cls(*inference.init_params(kwargs, seed), kwargs, resize_to)
+    kwargs = tracker_lib.preset_kwargs(preset, **overrides)
+    return cls(*tracker_lib.init_params(kwargs, seed), kwargs, resize_to)
 
   @property
   def num_points(self) -> int:

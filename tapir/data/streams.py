@@ -26,6 +26,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from tapir.data import pipeline
 from tapir.data import validation
 
 Batch = dict[str, np.ndarray]
@@ -44,7 +45,6 @@ def scene_config(config, size=None):
 def _track_example(scene: Mapping[str, np.ndarray], seed: int, tracks: int, random_crop: bool,
                    augment: bool) -> dict[str, np.ndarray]:
   """Kubric track conversion of one scene at its own size; the random choices are drawn from `seed`."""
-  from tapir.data import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline.convert(scene, seed, tracks, scene['video'].shape[1:3], random_crop, augment)
 
 
@@ -77,8 +77,7 @@ def _batches(examples: Iterator[Mapping[str, np.ndarray]], config, validate: boo
       if validate:
         validation.validate_example(example, num_frames=config.data.num_frames)
       clips.append(example)
-    yield {k: np.stack([c[k] for c in clips]).reshape((devices, per_device) + np.shape(clips[0][k]))
-           for k in EXAMPLE_KEYS}
+    yield pipeline.stack_clips(clips, devices, per_device)
 
 
 class Prefetcher:
@@ -143,6 +142,12 @@ class Prefetcher:
     self._thread.join(timeout=60)
 
 
+def put_on_devices(batch: Batch) -> Batch:
+  """Host batch [local_devices, ...] -> one shard per local device, as pmap takes it (done ahead, in the prefetcher)."""
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('devices',))
+  return jax.device_put(dict(batch), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices')))
+
+
 def prefetch(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
   """`Prefetcher(iterator, size)`: data generation in a background thread, overlapping the train step."""
   return Prefetcher(iterator, size)
@@ -167,8 +172,7 @@ def train_batches(config, start_step: int = 0) -> Iterator[Batch]:
       examples = itertools.islice(examples, skipped, None)
     return _batches(examples, config, validate=True)
   if source == 'movi_e':
-    from tapir.data import pipeline  # pylint: disable=g-import-not-at-top
-    return pipeline.movi_e_dataset(
+      return pipeline.movi_e_dataset(
         data_dir=config.data.data_dir or None, name=config.data.tfds_name, split='train',
         per_device_batch=config.data.per_device_batch, tracks_to_sample=config.data.tracks_per_clip,
         train_size=tuple(config.data.train_size), shuffle_buffer=config.data.shuffle_buffer,
@@ -229,84 +233,3 @@ def evaluation_examples(config):
                                     scene_config(config, tuple(config.eval.synthetic_size)), config.eval.tracks)
   from tapir.data import tapvid  # pylint: disable=g-import-not-at-top
   return tapvid.open_dataset(config.eval.dataset, config.eval.path, config.eval.query_mode)
-
-
-def model_predictor(params, state, model_kwargs: Mapping[str, Any], chunk_size: int = 64, kind: str = 'tapir',
-                    tapnet_resolution: tuple[int, int] = (256, 256)):
-  """`predict(video uint8, queries) -> (tracks, occluded)` for `tapir.evaluation.evaluate`.
-
-  `kind` is `config.model_kind`; TAP-Net has no built-in resolution and runs at `tapnet_resolution`.
-  """
-  from tapir import inference  # pylint: disable=g-import-not-at-top
-  if kind == 'tapnet':  # config.model_kind (`tapir.training.model_kind`)
-    from tapir import tapnet_tracker  # pylint: disable=g-import-not-at-top
-    tracker = tapnet_tracker.TAPNetTracker(params, state, model_kwargs, chunk_size, resolution=tapnet_resolution)
-  else:
-    tracker = inference.Tracker(params, state, model_kwargs, query_chunk_size=chunk_size)
-
-  def predict(video, query_points):
-    out = tracker.predict(video, query_points, resize_to=tracker.resolution)
-    return out.tracks, ~out.visible
-
-  return predict
-
-
-def make_evaluator(config) -> Callable[[Any, Any, int], dict[str, Any]]:
-  """`(params, state, step) -> mean metrics` on `config.eval`'s dataset, plus 'tracks_image'.
-
-  Also reports the zero-motion baseline's AJ, occlusion accuracy and <delta^x_avg> on the same videos
-  ('baseline_*'; computed once).
-
-  'tracks_image' (uint8 [h, w, 3]) paints the first video's predicted and ground-truth tracks side by side
-  (`tapir.viz.track_strip`); the trainer writes it to TensorBoard and the work directory.
-  """
-  from tapir import evaluation  # pylint: disable=g-import-not-at-top
-  from tapir import trainer  # pylint: disable=g-import-not-at-top
-  from tapir import viz  # pylint: disable=g-import-not-at-top
-
-  baseline = {}
-
-  def evaluate(params, state, step):
-    del step
-    predict = model_predictor(params, state, trainer.model_kwargs(config), config.eval.chunk_size,
-                              config.get('model_kind', 'tapir'), tuple(config.data.train_size))
-    first = []  # (example, tracks, occluded) of the first video
-
-    def remember(examples):
-      for example in examples:
-        if not first:
-          first.append(example)
-        yield example
-
-    def predict_and_remember(video, query_points):
-      tracks, occluded = predict(video, query_points)
-      if len(first) == 1:
-        first.extend([tracks, occluded])
-      return tracks, occluded
-
-    result = evaluation.evaluate(predict_and_remember, remember(evaluation_examples(config)),
-                                 config.eval.query_mode, progress=False)
-    out: dict[str, Any] = {k: float(v) for k, v in result.mean.items()}
-    if not baseline:  # the zero-motion baseline on the same videos, once
-      scored = evaluation.evaluate(evaluation.zero_motion_predictor, evaluation_examples(config),
-                                   config.eval.query_mode, progress=False)
-      baseline.update({'baseline_' + k: float(scored.mean[k]) for k in ('average_jaccard', 'occlusion_accuracy',
-                                                                          'average_pts_within_thresh')})
-    out.update(baseline)
-    if len(first) == 3:
-      example, tracks, occluded = first
-      out['tracks_image'] = viz.track_strip(example.video, tracks, ~occluded, example.target_points,
-                                            ~example.occluded)
-    return out
-
-  return evaluate
-
-
-def summary_writer(directory: str):
-  """A TensorBoard event-file writer (tensorboardX), or None if it is not installed."""
-  try:
-    import tensorboardX  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    logging.warning('tensorboardX is not installed: no TensorBoard summaries (pip install tensorboardX)')
-    return None
-  return tensorboardX.SummaryWriter(directory)

@@ -7,7 +7,7 @@
 
 `track_file` does all of it from paths to a painted video and an optional `.npz`, streaming: online it holds one
 frame at a time; offline it keeps only the video resized to the model's input, then reads the file again to paint
-and write one frame at a time (`tapir.video_io`). Coordinates are pixels of the input video throughout (raster
+and write one frame at a time (`tapir.video`). Coordinates are pixels of the input video throughout (raster
 convention of `tapir.conventions`); the trackers handle resizing.
 """
 
@@ -24,11 +24,13 @@ import tqdm
 
 from tapir import checkpoint as checkpoint_lib
 from tapir import conventions
-from tapir import inference
-from tapir import online as online_lib
-from tapir import video_io
-from tapir import viz
+from tapir import video as video_io
 from tapir.models import tapir as tapir_lib
+from tapir.tracking import online as online_lib
+from tapir.tracking import paint
+from tapir.tracking import queries as queries_lib
+from tapir.tracking import tracker as tracker_lib
+from tapir.tracking.queries import grid_points, load_mask, make_query_points, parse_points  # pylint: disable=unused-import (CLI API)
 
 NEED_WEIGHTS = ('tracking needs trained weights: pass --checkpoint PATH to a released .npy checkpoint. Download '
                 'them with `bash scripts/download_checkpoints.sh checkpoints` (tapir_checkpoint_panning.npy for '
@@ -41,9 +43,8 @@ CHECKPOINT_FOR_PRESET = {
     'causal_tapir': 'causal_tapir_checkpoint.npy',
     'causal_bootstapir': 'causal_bootstapir_checkpoint.npy',
 }
-_POINTS_ACROSS = 32  # mask queries: about this many grid points across the frame's short side
 
-AnyTracker = inference.Tracker | online_lib.OnlineTracker
+AnyTracker = tracker_lib.Tracker | online_lib.OnlineTracker
 
 
 class TrackResult(NamedTuple):
@@ -68,75 +69,6 @@ class FrameTracks(NamedTuple):
 ensure_ffmpeg = video_io.ensure_ffmpeg
 read_video = video_io.read_video  # (path) -> uint8 [t, h, w, 3], fps
 write_video = video_io.write_video  # (path, uint8 [t, h, w, 3], fps)
-
-
-def grid_points(frame_hw: Sequence[int], n: int, query_frame: int = 0) -> np.ndarray:  # [n * n, 3]
-  """An n x n grid of queries at pixel centres, evenly spread over the frame (row-major, (t, y, x))."""
-  h, w = frame_hw
-  if n < 1 or n > min(h, w):
-    raise ValueError(f'--grid must be in [1, {min(h, w)}] for {h}x{w} frames; got {n}')
-  ys = np.floor((np.arange(n) + 0.5) * h / n) + 0.5
-  xs = np.floor((np.arange(n) + 0.5) * w / n) + 0.5
-  yy, xx = np.meshgrid(ys, xs, indexing='ij')
-  return np.stack([np.full(yy.size, query_frame), yy.ravel(), xx.ravel()], -1).astype(np.float32)
-
-
-def parse_points(spec: str) -> np.ndarray:  # [n, 3] float32 (t, y, x)
-  """Parses "t,y,x;t,y,x;..." (frame index and raster pixels of the video) into query points."""
-  rows = []
-  for item in (s.strip() for s in spec.split(';')):
-    if not item:
-      continue
-    try:
-      row = [float(v) for v in item.split(',')]
-    except ValueError:
-      row = []
-    if len(row) != 3 or not np.isfinite(row).all():
-      raise ValueError(f'cannot parse point {item!r}: expected "t,y,x" (frame index, row, column in pixels)')
-    rows.append(row)
-  if not rows:
-    raise ValueError(f'no points in {spec!r}: expected "t,y,x;t,y,x;..."')
-  return np.asarray(rows, np.float32)
-
-
-def load_mask(path: str | os.PathLike, frame_hw: Sequence[int]) -> np.ndarray:  # [h, w] bool
-  """Reads a mask image (nonzero = inside; alpha or luminance) that must have the video's frame size."""
-  try:
-    image = Image.open(path)
-    image.load()
-  except (OSError, ValueError) as e:
-    raise ValueError(f'cannot read mask {path}: {e}') from e
-  if image.mode in ('RGBA', 'LA') and np.asarray(image.getchannel('A')).min() < 255:
-    mask = np.asarray(image.getchannel('A')) > 0
-  else:
-    mask = np.asarray(image.convert('L')) > 0
-  if mask.shape != tuple(frame_hw):
-    raise ValueError(f'mask {path} is {mask.shape[0]}x{mask.shape[1]} (height x width) but the video frames are '
-                     f'{frame_hw[0]}x{frame_hw[1]}')
-  return mask
-
-
-def make_query_points(video_shape: Sequence[int], grid: int | None = None, points: str | None = None,
-                      mask: str | None = None, mask_frame: int = 0) -> np.ndarray:  # [n, 3] (t, y, x)
-  """Query points from exactly one of `grid` (n x n on frame 0), `points` ("t,y,x;...") or a `mask` image."""
-  t, h, w = video_shape[:3]
-  if sum(x is not None for x in (grid, points, mask)) != 1:
-    raise ValueError('give exactly one of --grid, --points and --mask')
-  if grid is not None:
-    queries = grid_points((h, w), grid)
-  elif points is not None:
-    queries = parse_points(points)
-  else:
-    if not 0 <= mask_frame < t:
-      raise ValueError(f'--mask_frame {mask_frame} is outside the video (frames 0..{t - 1})')
-    stride = max(1, min(h, w) // _POINTS_ACROSS)
-    queries = inference.mask_query_points(load_mask(mask, (h, w)), mask_frame, stride=stride)
-  tapir_lib.check_query_points(queries, (t, h, w, 3))
-  return queries
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Trackers.
 
 
 def parse_model_overrides(text: str | None) -> dict[str, Any]:
@@ -173,7 +105,7 @@ def load_weights(checkpoint: str | None, preset: str | None = None, random_weigh
       raise ValueError(NEED_WEIGHTS)
     logging.warning('RANDOM weights: the tracks are meaningless (for testing only)')
     model_kwargs = model_kwargs_for(None, preset, **overrides)
-    return (*inference.init_params(model_kwargs), model_kwargs)
+    return (*tracker_lib.init_params(model_kwargs), model_kwargs)
   if not os.path.exists(checkpoint):
     raise FileNotFoundError(f'checkpoint {checkpoint} does not exist. {NEED_WEIGHTS}')
   contents = checkpoint_lib.read_checkpoint(checkpoint)
@@ -182,7 +114,7 @@ def load_weights(checkpoint: str | None, preset: str | None = None, random_weigh
 
 
 def load_tracker(checkpoint: str | None, preset: str | None = None, online: bool = False,
-                 resize_to: Sequence[int] | str | None = inference.MODEL_RESOLUTION, query_chunk_size: int = 64,
+                 resize_to: Sequence[int] | str | None = tracker_lib.MODEL_RESOLUTION, query_chunk_size: int = 64,
                  random_weights: bool = False, **overrides) -> AnyTracker:
   """An offline `tapir.Tracker`, or with `online` a `tapir.OnlineTracker`, for `checkpoint` and `preset`.
 
@@ -196,7 +128,7 @@ def load_tracker(checkpoint: str | None, preset: str | None = None, online: bool
 
 
 def make_tracker(params, state, model_kwargs: Mapping[str, Any], *, checkpoint: str | None, preset: str | None,
-                 online: bool = False, resize_to: Sequence[int] | str | None = inference.MODEL_RESOLUTION,
+                 online: bool = False, resize_to: Sequence[int] | str | None = tracker_lib.MODEL_RESOLUTION,
                  query_chunk_size: int = 64) -> AnyTracker:
   """The tracker for loaded weights. Raises ValueError when `online` is asked of a non-causal model, and with
   `check_params`' diagnosis when the weights do not fit the architecture."""
@@ -205,7 +137,7 @@ def make_tracker(params, state, model_kwargs: Mapping[str, Any], *, checkpoint: 
   try:
     if online:
       return online_lib.OnlineTracker(params, state, model_kwargs, resize_to=resize_to)
-    return inference.Tracker(params, state, model_kwargs, query_chunk_size=query_chunk_size)
+    return tracker_lib.Tracker(params, state, model_kwargs, query_chunk_size=query_chunk_size)
   except ValueError as e:
     if checkpoint is None or preset is None or not str(e).startswith('checkpoint does not fit'):
       raise
@@ -214,8 +146,8 @@ def make_tracker(params, state, model_kwargs: Mapping[str, Any], *, checkpoint: 
                      f'is it a checkpoint for another preset?\n{e}') from e
 
 
-def track_offline(tracker: inference.Tracker, video: np.ndarray, query_points: np.ndarray,
-                  resize_to: Sequence[int] | str | None = inference.MODEL_RESOLUTION, progress: bool = False,
+def track_offline(tracker: tracker_lib.Tracker, video: np.ndarray, query_points: np.ndarray,
+                  resize_to: Sequence[int] | str | None = tracker_lib.MODEL_RESOLUTION, progress: bool = False,
                   frame_hw: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
   """`tracker.predict` on the whole video: tracks [n, t, 2] (x, y) and visible [n, t] in the video's pixels.
 
@@ -279,7 +211,7 @@ def track_video(video: np.ndarray, tracker: AnyTracker, query_points: np.ndarray
   `resize_to` is the offline model's input size (None: the video's own); an `OnlineTracker` carries its own.
   Returns tracks [n, t, 2] (x, y) and visible [n, t] bool, in the video's pixels.
   """
-  inference.check_video(video)
+  video_io.check_video(video)
   query_points = np.asarray(query_points, np.float32)
   tapir_lib.check_query_points(query_points, video.shape)
   if isinstance(tracker, online_lib.OnlineTracker):
@@ -304,13 +236,13 @@ class _Painter:
   """Paints frames one at a time with the trail of the last `trail` frames (a bounded window of positions)."""
 
   def __init__(self, query_points: np.ndarray, frame_hw: Sequence[int], trail: int):
-    self.colors = viz.rainbow_colors(query_points, frame_hw)
+    self.colors = paint.rainbow_colors(query_points, frame_hw)
     self.trail = trail
     self.window = collections.deque(maxlen=trail + 1)
 
   def paint(self, frame: np.ndarray, tracks: np.ndarray, visible: np.ndarray) -> np.ndarray:
     self.window.append((tracks, visible))
-    return viz.paint_frame(frame, np.stack([w[0] for w in self.window], 1), np.stack([w[1] for w in self.window], 1),
+    return paint.paint_frame(frame, np.stack([w[0] for w in self.window], 1), np.stack([w[1] for w in self.window], 1),
                            self.colors, self.trail)
 
 
@@ -329,7 +261,7 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
   """
   if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 0):
     raise ValueError(f'--resize must be an integer >= 1, or 0 for the video\'s own size; got {resize!r}')
-  inference.check_positive_int(query_chunk_size, '--query_chunk_size')
+  queries_lib.check_positive_int(query_chunk_size, '--query_chunk_size')
   info = video_io.probe(video_path)
   shape = (info.num_frames, info.height, info.width, 3)
   query_points = make_query_points(shape, grid, points, mask, mask_frame)
@@ -338,7 +270,7 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
   params, state, model_kwargs = load_weights(checkpoint, preset, random_weights,
                                              **parse_model_overrides(model_overrides))
   if resize is None:
-    resize_to = inference.model_resolution(model_kwargs)
+    resize_to = tracker_lib.model_resolution(model_kwargs)
   else:
     resize_to = (resize, resize) if resize else None
   tracker = make_tracker(params, state, model_kwargs, checkpoint=checkpoint, preset=preset, online=online,
@@ -384,7 +316,7 @@ def track_and_paint(tracker: AnyTracker, video_path: str, out_path: str | None, 
   else:
     model_hw = resize_to or shape[1:3]
     with video_io.FrameReader(video_path) as reader:  # keep only the frames at the model's input size
-      resized = np.stack([inference.resize_video(f[None], model_hw)[0] for f in frame_bar(reader, 'reading')])
+      resized = np.stack([video_io.resize_video(f[None], model_hw)[0] for f in frame_bar(reader, 'reading')])
     tapir_lib.check_query_points(query_points, resized.shape[:1] + shape[1:])
     tracks, visible = track_offline(tracker, resized, query_points, progress=progress, frame_hw=shape[1:3])
     del resized

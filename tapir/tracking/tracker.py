@@ -22,18 +22,13 @@ import tqdm
 from tapir import checkpoint as checkpoint_lib
 from tapir import conventions
 from tapir.models import tapir as tapir_lib
+from tapir.tracking.queries import check_positive_int
+from tapir.video import check_video, resize_video
 
 # Constructor settings of the released models (the table lives with the architecture rule).
 PRESETS = checkpoint_lib.PRESETS
 preset_kwargs = checkpoint_lib.preset_kwargs
 MODEL_RESOLUTION = 'model'  # `resize_to` default: the model's own initial_resolution
-
-
-def check_positive_int(value: Any, name: str) -> int:
-  """`value` as an int >= 1, else ValueError naming `name`."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f'{name} must be an integer >= 1; got {value!r}')
-  return int(value)
 
 
 def resolve_resize_to(resize_to: Any, model_kwargs: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -66,53 +61,6 @@ class TrackerOutput(NamedTuple):
   expected_dist: np.ndarray  # [n, t] logit
 
 
-def grid_query_points(frame_hw: Sequence[int], stride: int = 8, query_frame: int = 0) -> np.ndarray:
-  """Queries at the centres of pixels on a regular grid (rows stride//2, stride//2 + stride, ...) of a frame.
-
-  Returns [n, 3] float32 (t, y, x), row-major (y outer). `stride` must be in [1, min(h, w)].
-  """
-  h, w = (check_positive_int(s, 'frame_hw') for s in frame_hw)
-  stride = check_positive_int(stride, 'stride')
-  if stride > min(h, w):
-    raise ValueError(f'stride must be in [1, {min(h, w)}] (the shorter side of the {h}x{w} frame); got {stride}')
-  if isinstance(query_frame, bool) or not isinstance(query_frame, (int, np.integer)) or query_frame < 0:
-    raise ValueError(f'query_frame must be an integer >= 0; got {query_frame!r}')
-  ys = np.arange(stride // 2, h, stride) + 0.5
-  xs = np.arange(stride // 2, w, stride) + 0.5
-  yy, xx = np.meshgrid(ys, xs, indexing='ij')
-  t = np.full(yy.size, query_frame)
-  return np.stack([t, yy.ravel(), xx.ravel()], axis=-1).astype(np.float32)
-
-
-def mask_query_points(mask: np.ndarray, query_frame: int = 0, stride: int = 8,
-                      num_points: int | None = None, seed: int = 0) -> np.ndarray:
-  """Queries at pixel centres inside a boolean mask [h, w] of frame `query_frame`.
-
-  Takes the pixels of a regular grid (`stride`) that fall inside the mask; with `num_points`, instead draws
-  that many distinct mask pixels at random (seeded). Returns [n, 3] float32 (t, y, x).
-  """
-  mask = np.asarray(mask)
-  if mask.ndim != 2 or mask.dtype != bool:
-    raise ValueError(f'mask must be a boolean [height, width] array; got {mask.dtype} {mask.shape}')
-  stride = check_positive_int(stride, 'stride')
-  if num_points is not None:
-    num_points = check_positive_int(num_points, 'num_points')
-  if num_points is None:
-    grid = np.zeros_like(mask)
-    grid[stride // 2::stride, stride // 2::stride] = True
-    rows, cols = np.nonzero(mask & grid)
-  else:
-    rows, cols = np.nonzero(mask)
-    if num_points > rows.size:
-      raise ValueError(f'asked for {num_points} points but the mask has only {rows.size} pixels')
-    pick = np.random.default_rng(seed).choice(rows.size, num_points, replace=False)
-    rows, cols = rows[np.sort(pick)], cols[np.sort(pick)]
-  if rows.size == 0:
-    raise ValueError('the mask selects no query points (empty mask or stride larger than the masked region)')
-  t = np.full(rows.size, query_frame)
-  return np.stack([t, rows + 0.5, cols + 0.5], axis=-1).astype(np.float32)
-
-
 def init_params(model_kwargs: Mapping[str, Any], seed: int = 0):
   """Randomly initialised (params, state) of `tapir.TAPIR(**model_kwargs)`."""
   init_kwargs = {**model_kwargs, 'initial_resolution': (16, 16)}  # parameter shapes do not depend on it
@@ -122,24 +70,6 @@ def init_params(model_kwargs: Mapping[str, Any], seed: int = 0):
 
   init = jax.jit(hk.transform_with_state(forward).init)
   return init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 16, 16, 3)), jnp.zeros((1, 1, 3)))
-
-
-def check_video(video: np.ndarray) -> None:
-  if not isinstance(video, np.ndarray) or video.dtype != np.uint8:
-    raise ValueError(f'video must be a uint8 numpy array [frames, height, width, 3]; got '
-                     f'{getattr(video, "dtype", type(video))}')
-  if video.ndim != 4 or video.shape[-1] != 3:
-    raise ValueError(f'video must be [frames, height, width, 3] RGB; got shape {video.shape}')
-  if min(video.shape[:3]) < 1:
-    raise ValueError(f'video must have at least one frame, row and column; got shape {video.shape}')
-
-
-def resize_video(video: np.ndarray, hw: Sequence[int]) -> np.ndarray:
-  """uint8 [t, h, w, 3] -> uint8 [t, *hw, 3] with PIL Lanczos per frame (identity if the size matches)."""
-  if tuple(video.shape[1:3]) == tuple(hw):
-    return video
-  import mediapy  # pylint: disable=g-import-not-at-top  (lazy: it imports matplotlib)
-  return np.asarray(mediapy.resize_video(video, tuple(hw)))
 
 
 class Tracker:

@@ -21,19 +21,14 @@ import ml_collections
 import numpy as np
 
 from tapir import checkpoint as checkpoint_lib
-from tapir import training
-from tapir import viz
+from tapir.data import streams
 from tapir.models import tapnet
+from tapir.tracking import paint
+from tapir.training import evaluator as evaluator_lib
+from tapir.training import state as training
+from tapir.training.state import model_kwargs
 
 Batch = Mapping[str, np.ndarray]
-
-
-def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  kwargs = config.model.to_dict()
-  for key in ('blocks_per_group', 'initial_resolution'):
-    if key in kwargs:  # TAP-Net (config.model_kind='tapnet') has neither
-      kwargs[key] = tuple(kwargs[key])
-  return kwargs
 
 
 def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
@@ -87,12 +82,6 @@ def _replicate(tree):
 
 def _host_metrics(metrics) -> dict[str, float]:
   return {k: float(np.asarray(v)[0]) for k, v in jax.device_get(metrics).items()}
-
-
-def _put_on_devices(batch: Batch) -> Batch:
-  """Host batch [local_devices, ...] -> one shard per local device, as pmap takes it (done ahead, in the prefetcher)."""
-  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('devices',))
-  return jax.device_put(dict(batch), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices')))
 
 
 def _consecutive_nonfinite(state: training.TrainState) -> int:
@@ -153,15 +142,14 @@ def train_and_evaluate(
     config: a configs/tapir.py config.
     workdir: checkpoints, summaries and the exported .npy go here.
     train_data: `start_step -> iterator of batches` ([local_devices, per_device_batch, ...] arrays); default
-      from `config.data` (`tapir.data.sources.train_batches`).
-    evaluate_fn: `(params, state, step) -> metrics`; default `tapir.data.sources.make_evaluator(config)`.
+      from `config.data` (`tapir.data.streams.train_batches`).
+    evaluate_fn: `(params, state, step) -> metrics`; default `tapir.data.evaluator_lib.make_evaluator(config)`.
       Values that are uint8 [h, w, 3] arrays are images: written to TensorBoard and to
       `workdir/summaries/<key>_<step>.png`.
     stop_at: stop after this step as if pre-empted (checkpointing it); calling again resumes.
   Returns:
     a summary: final step, last logged metrics, last evaluation metrics, path of the exported .npy.
   """
-  from tapir.data import sources  # pylint: disable=g-import-not-at-top
 
   run_started = time.perf_counter()
   maybe_initialize_distributed(config)
@@ -171,9 +159,9 @@ def train_and_evaluate(
   kind = training.model_kind(config)
   model = training.make_model(kwargs, config.train_chunk_size, kind)
   optimizer = training.make_optimizer(config.optimizer, jax.device_count())
-  train_data = train_data or (lambda start: sources.train_batches(config, start))
-  evaluate_fn = evaluate_fn if evaluate_fn is not None else sources.make_evaluator(config)
-  writer = sources.summary_writer(os.path.join(workdir, 'summaries')) if is_chief else None
+  train_data = train_data or (lambda start: streams.train_batches(config, start))
+  evaluate_fn = evaluate_fn if evaluate_fn is not None else evaluator_lib.make_evaluator(config)
+  writer = evaluator_lib.summary_writer(os.path.join(workdir, 'summaries')) if is_chief else None
 
   checkpointer = _Checkpointer(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
   start_step = checkpointer.latest_step() or 0
@@ -181,7 +169,7 @@ def train_and_evaluate(
     for name in HISTORY_FILES:
       _truncate_history(os.path.join(workdir, name), start_step)
   # Batches are made and put on the devices in a background thread, a few steps ahead of the step.
-  batches = sources.Prefetcher(train_data(start_step), config.data.get('prefetch', 2), transform=_put_on_devices)
+  batches = streams.Prefetcher(train_data(start_step), config.data.get('prefetch', 2), transform=streams.put_on_devices)
   first_batch = next(batches)
 
   init = jax.pmap(training.make_init(model, optimizer), axis_name=training.AXIS)
@@ -279,7 +267,7 @@ def train_and_evaluate(
           with open(os.path.join(workdir, 'eval_history.json'), 'a') as f:
             f.write(json.dumps({'step': step, **eval_metrics}) + '\n')
           for key, image in images.items():
-            viz.save_image(os.path.join(workdir, 'summaries', f'{key}_{step:07d}.png'), image)
+            paint.save_image(os.path.join(workdir, 'summaries', f'{key}_{step:07d}.png'), image)
           if writer:
             for key, value in eval_metrics.items():
               if isinstance(value, (int, float)):

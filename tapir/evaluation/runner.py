@@ -10,14 +10,15 @@ from typing import Any, Callable
 from absl import logging
 
 from tapir import checkpoint as checkpoint_lib
-from tapir import evaluation
-from tapir import inference
+from tapir.evaluation import loop as evaluation
 from tapir import metrics
-from tapir.data import sources
+from tapir.data import streams
+from tapir.tracking import tapnet as tapnet_tracker
+from tapir.tracking import tracker as tracker_lib
 from tapir.data import tapvid
 
 
-def model_kwargs_for(config, contents: checkpoint_lib.CheckpointContents) -> dict[str, Any]:
+def _architecture(config, contents: checkpoint_lib.CheckpointContents) -> dict[str, Any]:
   """Architecture by `checkpoint.resolve_model_kwargs`: stored settings win (a contradicting `config.preset` or
   override is an error); else `config.preset` ('' = none) with `config.model_overrides`; else the parameter
   layout, when it determines the preset.
@@ -35,7 +36,6 @@ def model_kwargs_for(config, contents: checkpoint_lib.CheckpointContents) -> dic
 def predictors(config) -> dict[str, Callable]:
   out = {}
   if config.checkpoint and config.preset == 'tapnet':
-    from tapir import tapnet_tracker  # pylint: disable=g-import-not-at-top
     contents = checkpoint_lib.read_checkpoint(config.checkpoint)
     tracker = tapnet_tracker.TAPNetTracker(contents.params, contents.state, query_chunk_size=config.query_chunk_size,
                                            resolution=tuple(config.resolution))
@@ -48,7 +48,7 @@ def predictors(config) -> dict[str, Callable]:
     out['tapnet'] = predict_tapnet
   elif config.checkpoint:
     contents = checkpoint_lib.read_checkpoint(config.checkpoint)
-    tracker = inference.Tracker(contents.params, contents.state, model_kwargs_for(config, contents),
+    tracker = tracker_lib.Tracker(contents.params, contents.state, _architecture(config, contents),
                                 query_chunk_size=config.query_chunk_size)
     resize_to = None if config.full_resolution else tuple(config.resolution)
 
@@ -72,7 +72,7 @@ def examples(config, query_mode: str):
     from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
     s = config.synthetic
     scenes = synthetic.SceneConfig(height=s.size[0], width=s.size[1], num_frames=s.num_frames)
-    return sources.synthetic_evaluation_set(s.num_videos, query_mode, scenes, s.tracks)
+    return streams.synthetic_evaluation_set(s.num_videos, query_mode, scenes, s.tracks)
   kwargs = dict(video_dir=config.video_dir) if config.dataset == 'csv' else {}
   if config.dataset == 'kubric':
     kwargs = dict(dataset=config.kubric.dataset, split=config.kubric.split, vflip=config.kubric.vflip,
