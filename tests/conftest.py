@@ -38,3 +38,13 @@ def small_checkpoint(golden_dir):
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+@pytest.fixture(params=[False, True], ids=['fast-compile', 'optimised-xla'])
+def xla_optimisations(request):
+  """The suite compiles with `jax_disable_most_optimizations` (conftest); parity must hold with XLA's full
+  optimisation pipeline too, which is what users run. Each test builds a new jitted function, so it compiles anew."""
+  before = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', not request.param)
+  yield request.param
+  jax.config.update('jax_disable_most_optimizations', before)

@@ -14,7 +14,8 @@ TRACK_TOL = 1e-3  # pixels
 
 
 @pytest.mark.parametrize('case', ['tapir_small_square', 'tapir_small_multires_chunked'])
-def test_offline_call_matches_golden(case, golden_dir, small_checkpoint):
+def test_offline_call_matches_golden(case, golden_dir, small_checkpoint, xla_optimisations):
+  del xla_optimisations
   config = json.loads((golden_dir / f'{case}.json').read_text())
   golden = np.load(golden_dir / f'{case}.npz')
   params, state = small_checkpoint

@@ -34,7 +34,8 @@ def _apply(params, state, video, queries, chunk=None, **kwargs):
   return jax.device_get(out)
 
 
-def test_parity_with_official_tapnet(checkpoint):
+def test_parity_with_official_tapnet(checkpoint, xla_optimisations):
+  del xla_optimisations
   spec = json.loads((FIXTURES / 'tapnet_small.json').read_text())
   golden = np.load(FIXTURES / 'tapnet_small.npz')
   params, state = checkpoint
