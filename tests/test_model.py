@@ -186,3 +186,31 @@ def test_training_gradient_memory_grows_with_the_chunk_not_the_number_of_queries
   one_chunk, four_chunks, double_chunk = temporaries(16, 16), temporaries(64, 16), temporaries(32, 32)
   assert four_chunks < 1.3 * one_chunk, (one_chunk, four_chunks)
   assert double_chunk > 1.3 * one_chunk, (one_chunk, double_chunk)
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_temporal_depthwise_conv_in_split_layout_is_the_depthwise_convolution(rng, causal):
+  """The mixer's temporal convs (channels held as [..., group, c]) equal a plain depthwise 1-D convolution."""
+  from tapir.models import refinement  # pylint: disable=g-import-not-at-top
+  p, t, c, m = 3, 6, 8, refinement.EXPANSION
+  x = rng.normal(size=(p, t, c)).astype(np.float32)
+
+  def depthwise(x, w, b):  # x [p, t, C], w [k, 1, C * mult]: output channel C_i * mult + j reads input C_i
+    pad = (2, 0) if causal else (1, 1)
+    return jax.lax.conv_general_dilated(x, w, (1,), [pad], dimension_numbers=('NWC', 'WIO', 'NWC'),
+                                        feature_group_count=x.shape[-1]) + b
+
+  def forward(x):
+    up = refinement.TemporalDepthwiseConv(m, causal, name='up')
+    mix = refinement.TemporalDepthwiseConv(1, causal, name='mix')
+    return up(x[:, :, None]), mix(up(x[:, :, None]))
+
+  model = hk.transform(forward)
+  params = model.init(jax.random.PRNGKey(0), x)
+  params = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params)
+  up_split, mix_split = model.apply(params, None, x)
+  merge = lambda y: np.asarray(jnp.swapaxes(y, -1, -2).reshape(p, t, c * m))  # [p, t, m, c] -> channel c * m + j
+  up_ref = depthwise(x, params['up']['w'], params['up']['b'])
+  np.testing.assert_allclose(merge(up_split), up_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(merge(mix_split), depthwise(up_ref, params['mix']['w'], params['mix']['b']),
+                             rtol=1e-5, atol=1e-5)

@@ -82,3 +82,31 @@ def from_official(state: Sequence[Mapping[str, jax.Array]]) -> CausalState:
       raise ValueError(f'not a causal context of the reference layout: keys {sorted(entry)}')
     out.append(blocks)
   return out
+
+
+def reset_points(state, idx: jax.Array):
+  """Zeroes the history of points `idx` (either layout; the result has the layout of `state`)."""
+  official_format = bool(state) and isinstance(state[0], dict)
+  typed = from_official(state) if official_format else state
+  typed = jax.tree_util.tree_map(lambda a: a.at[:, idx].set(0.0), typed)
+  return to_official(typed) if official_format else typed
+
+
+def stack_input(state, batch: int, num_points: int, hidden_dim: int, num_blocks: int, num_pips_iter: int,
+                num_levels: int) -> tuple[list[list[refinement.BlockContext]], bool]:
+  """A context as `estimate_trajectories` takes it (None: zeros; ours or the reference layout), stacked by level.
+
+  Returns the stacked context and whether the input was in the reference layout.
+  """
+  official_format = bool(state) and isinstance(state[0], dict)
+  if state is None:
+    state = zero_state(batch, num_points, hidden_dim, num_blocks, num_pips_iter, num_levels)
+  elif official_format:
+    state = from_official(state)
+  return stack_by_level(state, num_pips_iter, num_levels), official_format
+
+
+def unstack_output(stacked: Sequence[list[refinement.BlockContext]], official_format: bool):
+  """The new context from the stacked one, in the layout the caller passed in."""
+  state = unstack_levels(stacked)
+  return to_official(state) if official_format else state

@@ -88,7 +88,10 @@ def _correlation_map_patches(
   corr = jnp.einsum('bthwc,bntc->bnthw', grid, queries)
   wy = _bilinear_weights(positions[..., 0], h)  # [b, n, t, 7, h]
   wx = _bilinear_weights(positions[..., 1], w)  # [b, n, t, 7, w]
-  return jnp.einsum('bntyh,bnthw,bntxw->bntyx', wy, corr, wx)
+  # Contract the map's minor axis (w) first, then h: two plain batched matrix products. On XLA:CPU this order
+  # is ~1.5x faster (forward and backward) than the one jnp.einsum picks for the three operands.
+  rows = jnp.einsum('bnthw,bntxw->bnthx', corr, wx)
+  return jnp.einsum('bntyh,bnthx->bntyx', wy, rows)
 
 
 # Which formulation `bilinear_interp_with_depthwise_conv=None` picks per JAX backend. CPU: the gather (offline
@@ -145,8 +148,13 @@ class BlockContext(NamedTuple):
 class TemporalDepthwiseConv(hk.Module):
   """Depthwise 1-D convolution over frames: output channel c * multiplier + m reads input channel c.
 
-  Parameters match Haiku's DepthwiseConv1D (`w [k, 1, c * multiplier]`, `b`). Written as shifted
+  Parameters match Haiku's DepthwiseConv1D (`w [k, 1, channels * multiplier]`, `b`). Written as shifted
   multiply-adds, which XLA fuses; padding is (1, 1) frames, or (2, 0) when causal.
+
+  Layout: channels are held split as `[..., group, c]` for channel `c * group_size + group`, so the minor
+  axis is always the wide one (XLA:CPU vectorises over it; with a minor axis of 4 the mixer took ~2x longer).
+  Input `[p, t, a, c]` (channel c * a + i at [..., i, c]); output `[p, t, a * multiplier, c]` for a = 1, or
+  `[p, t, a, c]` for multiplier 1. The products and their order are those of the plain formulation.
   """
 
   def __init__(self, channel_multiplier: int, causal: bool, name: str):
@@ -154,23 +162,54 @@ class TemporalDepthwiseConv(hk.Module):
     self._multiplier = channel_multiplier
     self._causal = causal
 
-  def __call__(self, x: jax.Array) -> jax.Array:  # [p, t, c] -> [p, t, c * multiplier]
-    p, t, c = x.shape
-    out_channels = c * self._multiplier
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p, t, a, c = x.shape
+    if a != 1 and self._multiplier != 1:
+      raise ValueError('split input channels need channel_multiplier=1')
+    groups = a * self._multiplier
     init = hk.initializers.TruncatedNormal(stddev=1.0 / jnp.sqrt(TEMPORAL_KERNEL))
-    w = hk.get_parameter('w', [TEMPORAL_KERNEL, 1, out_channels], x.dtype, init=init)
-    b = hk.get_parameter('b', [out_channels], x.dtype, init=jnp.zeros)
+    w = hk.get_parameter('w', [TEMPORAL_KERNEL, 1, c * groups], x.dtype, init=init)
+    b = hk.get_parameter('b', [c * groups], x.dtype, init=jnp.zeros)
     before = TEMPORAL_KERNEL - 1 if self._causal else (TEMPORAL_KERNEL - 1) // 2
     after = TEMPORAL_KERNEL - 1 - before
-    x = jnp.pad(x, ((0, 0), (before, after), (0, 0)))[..., None]  # [p, t + 2, c, 1]
-    # Output channel c * multiplier + m is input channel c times w[k, 0, c * multiplier + m]: broadcasting the
-    # input over a trailing multiplier axis (instead of repeating it) keeps the backward pass's residuals at the
-    # input's width, not the output's; the products and their order are the same.
-    w = w.reshape(TEMPORAL_KERNEL, c, self._multiplier)
-    out = b.reshape(c, self._multiplier)
+    x = jnp.pad(x, ((0, 0), (before, after), (0, 0), (0, 0)))  # [p, t + 2, a, c]
+    w = w.reshape(TEMPORAL_KERNEL, c, groups).transpose(0, 2, 1)  # [k, groups, c]
+    out = b.reshape(c, groups).T
     for k in range(TEMPORAL_KERNEL):
       out = out + w[k] * x[:, k:k + t]
-    return out.reshape(p, t, out_channels)
+    return out  # [p, t, groups, c]
+
+
+def _split_channels(x: jax.Array, groups: int) -> jax.Array:
+  """[..., c * groups] (channel c * groups + g) -> [..., groups, c]."""
+  return jnp.swapaxes(x.reshape(x.shape[:-1] + (x.shape[-1] // groups, groups)), -1, -2)
+
+
+def _merge_channels(x: jax.Array) -> jax.Array:
+  """Inverse of `_split_channels`: [..., groups, c] -> [..., c * groups]."""
+  x = jnp.swapaxes(x, -1, -2)
+  return x.reshape(x.shape[:-2] + (x.shape[-2] * x.shape[-1],))
+
+
+@jax.custom_vjp
+def _group_sum(y: jax.Array) -> jax.Array:
+  """[p, t, groups, c] -> [p, t, c]: the sum over groups, whose backward pass is a plain broadcast.
+
+  The barrier keeps XLA from fusing the whole residual-stream gradient into that broadcast (it then recomputed it
+  for every group and temporal tap: ~3% of the `cpu` preset's train step on XLA:CPU).
+  """
+  return y.sum(axis=2)
+
+
+def _group_sum_fwd(y):
+  return y.sum(axis=2), y.shape
+
+
+def _group_sum_bwd(shape, g):
+  return (jnp.broadcast_to(jax.lax.optimization_barrier(g)[:, :, None], shape),)
+
+
+_group_sum.defvjp(_group_sum_fwd, _group_sum_bwd)
 
 
 class MixerBlock(hk.Module):
@@ -191,19 +230,20 @@ class MixerBlock(hk.Module):
     up = TemporalDepthwiseConv(EXPANSION, self._causal, name='mlp1_up')
     mix = TemporalDepthwiseConv(1, self._causal, name='mlp1_up_1')
 
-    u = norm('layer_norm')(x)
+    u = norm('layer_norm')(x)[:, :, None]  # [p, t, 1, d]
     if context is None:
-      y = mix(gelu(up(u)))
+      y = mix(gelu(up(u)))  # [p, t, EXPANSION, d]
       new_context = None
     else:
       # Prepend the history so the causal convolutions see the frames before this call.
       history = context.normalized.shape[1]
-      u_ext = jnp.concatenate([context.normalized, u], axis=1)
+      u_ext = jnp.concatenate([context.normalized[:, :, None], u], axis=1)
       g = gelu(up(u_ext))[:, history:]
-      g_ext = jnp.concatenate([context.activated, g], axis=1)
+      g_ext = jnp.concatenate([_split_channels(context.activated, EXPANSION), g], axis=1)
       y = mix(g_ext)[:, history:]
-      new_context = BlockContext(u_ext[:, -history:], g_ext[:, -history:])
-    x = x + y.reshape(p, t, d, EXPANSION).sum(axis=-1)
+      new_context = BlockContext(u_ext[:, -history:, 0], _merge_channels(g_ext[:, -history:]))
+    # Output channel c * EXPANSION + m sits at [..., m, c]: the grouped sum is over axis 2.
+    x = x + _group_sum(y)
 
     u = norm('layer_norm_1')(x)
     u = hk.Linear(EXPANSION * d, name='mlp2_up')(u)
@@ -237,13 +277,3 @@ class PIPsMLPMixer(hk.Module):
     x = hk.LayerNorm(axis=-1, create_scale=True, create_offset=False, name='layer_norm')(x)
     x = hk.Linear(OUTPUT_CHANNELS, name='linear_1')(x)
     return x, (None if context is None else new_context)
-
-
-def zero_context(num_points: int, hidden_dim: int, num_blocks: int) -> list[BlockContext]:
-  """The causal context of a point with no history: zeros, equivalent to the causal zero padding."""
-  history = TEMPORAL_KERNEL - 1
-  return [
-      BlockContext(jnp.zeros((num_points, history, hidden_dim), jnp.float32),
-                   jnp.zeros((num_points, history, EXPANSION * hidden_dim), jnp.float32))
-      for _ in range(num_blocks)
-  ]

@@ -14,93 +14,28 @@ kept in pixels of the initial resolution internally and scaled to the video's pi
 """
 
 import contextlib
-import math
-from typing import Any, NamedTuple, Sequence
+import functools
+from typing import Any, Sequence
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tapir import conventions
 from tapir.models import causal
+from tapir.models import chunking
 from tapir.models import cost_volume as cost_volume_lib
 from tapir.models import extra_convs as extra_convs_lib
 from tapir.models import refinement
 from tapir.models import resnet
+from tapir.models import shapes
 
-Resolution = tuple[int, int]  # (height, width)
-
-
-class FeatureGrids(NamedTuple):
-  """Per resolution entry (the initial resolution first, then one per refinement level)."""
-  lowres: tuple[jax.Array, ...]  # each [b, t, h/8, w/8, 256], unit-norm feature vectors
-  hires: tuple[jax.Array, ...]  # each [b, t, h/4, w/4, 128], unit-norm feature vectors
-
-  @property
-  def resolutions(self) -> tuple[Resolution, ...]:
-    """(h, w) of the image actually encoded for each entry (always a multiple of 8, so 4 x the hires grid)."""
-    return tuple((g.shape[2] * 4, g.shape[3] * 4) for g in self.hires)
-
-
-class QueryFeatures(NamedTuple):
-  """Per resolution entry, each query's features sampled at its own frame."""
-  lowres: tuple[jax.Array, ...]  # each [b, n, 256]
-  hires: tuple[jax.Array, ...]  # each [b, n, 128]
-
-
-def generate_default_resolutions(video_hw: Sequence[int], initial_hw: Sequence[int]) -> list[Resolution]:
-  """Refinement levels from `initial_hw` up to the video size, about a factor 2 apart, multiples of 8."""
-  video_hw, initial_hw = tuple(video_hw), tuple(initial_hw)
-  if video_hw == initial_hw:
-    return [initial_hw]
-  levels = int(math.ceil(max(math.log2(video_hw[0] / initial_hw[0]), math.log2(video_hw[1] / initial_hw[1]))))
-  levels += 1
-  if levels <= 1:
-    return [initial_hw]
-  out = []
-  for i in range(levels):
-    h = initial_hw[0] * (video_hw[0] / initial_hw[0])**(i / (levels - 1))
-    w = initial_hw[1] * (video_hw[1] / initial_hw[1])**(i / (levels - 1))
-    out.append((int(h // 8) * 8, int(w // 8) * 8))
-  return out
-
-
-def _check_video(video) -> None:
-  if video.ndim != 5 or video.shape[-1] != 3:
-    raise ValueError(f'video must be [batch, frames, height, width, 3] (RGB in [-1, 1]); got shape '
-                     f'{tuple(video.shape)}')
-
-
-def _check_query_points_shape(query_points, video_shape) -> None:
-  b = video_shape[0]
-  if query_points.ndim != 3 or query_points.shape[-1] != 3 or query_points.shape[0] != b:
-    raise ValueError(f'query_points must be [batch={b}, num_points, 3] as (t, y, x); got shape '
-                     f'{tuple(query_points.shape)}')
-
-
-def check_query_points(query_points: np.ndarray, video_shape: Sequence[int]) -> None:
-  """Raises if any (t, y, x) query lies outside a video of shape [..., t, h, w, 3] (t in [0, t-1]).
-
-  The Haiku module itself follows the reference semantics (out-of-range queries read clamped features), so
-  value checks live at the numpy boundary (`tapir.Tracker`) where the values are known.
-  """
-  t, h, w = video_shape[-4:-1]
-  q = np.asarray(query_points)
-  if q.ndim < 1 or q.shape[-1] != 3:
-    raise ValueError(f'query points must be [..., 3] as (t, y, x); got shape {q.shape}')
-  bad = ~((q[..., 0] >= 0) & (q[..., 0] <= t - 1) & (q[..., 1] >= 0) & (q[..., 1] <= h) & (q[..., 2] >= 0)
-          & (q[..., 2] <= w))
-  if bad.any():
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(
-        f'{int(bad.sum())} query point(s) lie outside the video (t in [0, {t - 1}], y in [0, {h}], x in '
-        f'[0, {w}] raster pixels); first at index {first}: (t, y, x) = {tuple(q[first].tolist())}')
-
-
-def _check_resolution(hw: Sequence[int], what: str) -> None:
-  if len(hw) != 2 or any(int(s) != s or s <= 0 or s % 8 for s in hw):
-    raise ValueError(f'{what} must be (height, width) with both positive multiples of 8; got {tuple(hw)}')
+# Re-exported: part of this module's public interface.
+Resolution = shapes.Resolution
+check_query_points = shapes.check_query_points
+FeatureGrids = shapes.FeatureGrids
+QueryFeatures = shapes.QueryFeatures
+generate_default_resolutions = shapes.generate_default_resolutions
 
 
 class TAPIR(hk.Module):
@@ -139,8 +74,8 @@ class TAPIR(hk.Module):
         contracted with separable bilinear weights (True). None (our default; the official default is False)
         picks the faster for the JAX backend (`tapir.models.refinement.DENSE_BY_BACKEND`).
       remat_refinement: recompute each refinement iteration's activations in the backward pass instead of
-        storing them (`hk.remat`). Same numbers; far less training memory (XLA:CPU temporaries for one clip of
-        24 x 256^2 with 256 tracks: 56.5 GB without, 4.7 GB with); no effect on inference.
+        storing them (`hk.remat`). Same numbers; less training memory (XLA:CPU temporaries for one clip of
+        24 x 256^2 with 256 tracks in chunks of 32: 9.1 GB without, 4.3 GB with); no effect on inference.
     """
     super().__init__(name=name)
     if patch_size != refinement.PATCH_WIDTH:
@@ -148,7 +83,7 @@ class TAPIR(hk.Module):
                        f'{refinement.PATCH_WIDTH}x{refinement.PATCH_WIDTH} patches')
     if num_pips_iter < 1 or pyramid_level < 0:
       raise ValueError(f'need num_pips_iter >= 1 and pyramid_level >= 0; got {num_pips_iter}, {pyramid_level}')
-    _check_resolution(initial_resolution, 'initial_resolution')
+    shapes.check_resolution(initial_resolution, 'initial_resolution')
     if feature_extractor_chunk_size is not None and feature_extractor_chunk_size < 1:
       raise ValueError(f'feature_extractor_chunk_size must be positive; got {feature_extractor_chunk_size}')
     if bilinear_interp_with_depthwise_conv is None:
@@ -183,26 +118,14 @@ class TAPIR(hk.Module):
 
   def _encode_frames(self, frames: jax.Array, is_training: bool) -> tuple[jax.Array, jax.Array]:
     """Runs the backbone on [p, h, w, 3] frames, `feature_extractor_chunk_size` at a time if set."""
-    chunk = self.feature_extractor_chunk_size
-    if chunk is None or frames.shape[0] <= chunk:
-      return self._encode(frames, is_training)
-    num_full = frames.shape[0] // chunk
-    body = frames[:num_full * chunk].reshape((num_full, chunk) + frames.shape[1:])
-    _, (hires, lowres) = hk.scan(lambda c, x: (c, self._encode(x, is_training)), None, body)
-    hires = hires.reshape((-1,) + hires.shape[2:])
-    lowres = lowres.reshape((-1,) + lowres.shape[2:])
-    if frames.shape[0] > num_full * chunk:  # the remainder, with the same weights
-      rest_hires, rest_lowres = self._encode(frames[num_full * chunk:], is_training)
-      hires = jnp.concatenate([hires, rest_hires])
-      lowres = jnp.concatenate([lowres, rest_lowres])
-    return hires, lowres
+    return chunking.map_frames(lambda x: self._encode(x, is_training), frames, self.feature_extractor_chunk_size)
 
   def _all_resolutions(self, video_hw: Resolution, refinement_resolutions) -> list[Resolution]:
     if refinement_resolutions is None:
       refinement_resolutions = generate_default_resolutions(video_hw, self.initial_resolution)
     all_res = [self.initial_resolution] + [tuple(int(s) for s in r) for r in refinement_resolutions]
     for r in all_res:
-      _check_resolution(r, 'every refinement resolution')
+      shapes.check_resolution(r, 'every refinement resolution')
     return all_res
 
   def get_feature_grids(
@@ -211,7 +134,7 @@ class TAPIR(hk.Module):
       is_training: bool,
       refinement_resolutions: Sequence[Resolution] | None = None,
   ) -> FeatureGrids:
-    _check_video(video)
+    shapes.check_video(video)
     b, t, h, w, _ = video.shape
     lowres, hires = [], []
     prev = None
@@ -256,8 +179,8 @@ class TAPIR(hk.Module):
       feature_grids: FeatureGrids | None = None,
       refinement_resolutions: Sequence[Resolution] | None = None,
   ) -> QueryFeatures:
-    _check_video(video)
-    _check_query_points_shape(query_points, video.shape)
+    shapes.check_video(video)
+    shapes.check_query_points_shape(query_points, video.shape)
     if feature_grids is None:
       feature_grids = self.get_feature_grids(video, is_training, refinement_resolutions)
     lowres, hires = [], []
@@ -306,8 +229,10 @@ class TAPIR(hk.Module):
 
     if self.remat_refinement:
       iteration = hk.remat(iteration)
+    # Unrolled (same numbers): XLA fuses across iterations and skips the loop's stacking of residuals (~5% of
+    # the `cpu` preset's train step).
     _, (all_points, all_occ, all_expd, new_contexts) = hk.scan(
-        iteration, (points, occ, expd, feats), contexts, length=self.num_pips_iter)
+        iteration, (points, occ, expd, feats), contexts, length=self.num_pips_iter, unroll=self.num_pips_iter)
     return all_points, all_occ, all_expd, new_contexts
 
   def _estimate_chunk(self, feature_grids, query_lowres, query_hires, query_points, video_size, contexts,
@@ -337,10 +262,8 @@ class TAPIR(hk.Module):
       refine_inputs = jax.lax.stop_gradient(refine_inputs)
     grids_in, points, occ0, expd0, hires_in, lowres_in = refine_inputs
     resolutions = feature_grids.resolutions
-    with contextlib.ExitStack() as stack:
-      if not refinement_gradients:  # the shared weights, too, enter these iterations as constants
-        stop = lambda next_getter, value, _: jax.lax.stop_gradient(next_getter(value))
-        stack.enter_context(hk.custom_getter(stop))
+    # Without refinement gradients, the shared weights, too, enter these iterations as constants.
+    with contextlib.nullcontext() if refinement_gradients else chunking.constant_parameters():
       for level in range(1, len(grids_in.lowres)):
         grids = refinement.pyramid(grids_in.hires[level], grids_in.lowres[level], self.pyramid_level)
         level_points, level_occ, level_expd, level_context = self._refine_level(
@@ -376,86 +299,39 @@ class TAPIR(hk.Module):
     num_levels = len(feature_grids.lowres) - 1
     if is_training and causal_context is not None:
       raise ValueError('training with a causal context is not supported')
-    contexts = None
-    official_format = False
+    contexts = official_format = None
     if causal_context is not None or get_causal_context:
       if not self.use_causal_conv:
         raise ValueError('causal contexts need a model built with use_causal_conv=True')
-      if causal_context is None:
-        causal_context = causal.zero_state(b, n, self.mixer_hidden_dim, self.num_mixer_blocks,
-                                           self.num_pips_iter, num_levels)
-      elif causal_context and isinstance(causal_context[0], dict):  # the reference implementation's layout
-        official_format = True
-        causal_context = causal.from_official(causal_context)
-      contexts = causal.stack_by_level(causal_context, self.num_pips_iter, num_levels)
+      contexts, official_format = causal.stack_input(causal_context, b, n, self.mixer_hidden_dim,
+                                                     self.num_mixer_blocks, self.num_pips_iter, num_levels)
 
-    chunk = n if query_chunk_size is None else max(1, min(int(query_chunk_size), n))
-    num_chunks = -(-n // chunk)
     # Queries are processed in a random order when an RNG is available (it decides which chunk gets gradients
     # through refinement in training); values do not depend on the order.
     rng = hk.maybe_next_rng_key()
-    if rng is not None and contexts is None and num_chunks > 1:
-      perm = jax.random.permutation(rng, n)
-    else:
-      perm = jnp.arange(n)
-    padded = num_chunks * chunk
-    order = jnp.concatenate([perm, jnp.broadcast_to(perm[:1], (padded - n,))])  # pad with repeats
-
-    def take(x, axis=1):  # [b, n, ...] -> [num_chunks, b, chunk, ...]
-      x = jnp.take(x, order, axis=axis)
-      x = x.reshape(x.shape[:axis] + (num_chunks, chunk) + x.shape[axis + 1:])
-      return jnp.moveaxis(x, axis, 0)
-
+    plan = chunking.plan(n, query_chunk_size, rng if contexts is None else None)
+    split = functools.partial(chunking.split, plan)
     chunked = dict(
-        lowres=[take(q) for q in query_features.lowres],
-        hires=[take(q) for q in query_features.hires],
-        points=None if query_points_in_video is None else take(query_points_in_video),
-        contexts=None if contexts is None else jax.tree_util.tree_map(lambda a: take(a, axis=2), contexts),
-        index=jnp.arange(num_chunks),
+        lowres=[split(q) for q in query_features.lowres],
+        hires=[split(q) for q in query_features.hires],
+        points=None if query_points_in_video is None else split(query_points_in_video),
+        contexts=None if contexts is None else jax.tree_util.tree_map(lambda a: split(a, axis=2), contexts),
+        index=jnp.arange(plan.num_chunks),
     )
 
     def run_chunk(xs, refinement_gradients):
       return self._estimate_chunk(feature_grids, xs['lowres'], xs['hires'], xs['points'], video_size,
                                   xs['contexts'], refinement_gradients)
 
-    first = jax.tree_util.tree_map(lambda x: x[0], chunked)
-    if num_chunks == 1:
-      out = jax.tree_util.tree_map(lambda x: x[None], run_chunk(first, True))
-    elif is_training:
-      # Only the first chunk back-propagates through refinement, as in the reference. It runs on its own; the
-      # other chunks run in a scan whose refinement sees only stop-gradient inputs and weights, so the gradient
-      # builds no backward pass and keeps no residuals for them (training memory grows with the chunk size, not
-      # with the number of queries). Their cost-volume initialisations keep their gradients.
-      rest = jax.tree_util.tree_map(lambda x: x[1:], chunked)
-      out_first = run_chunk(first, True)
-      _, out_rest = hk.scan(lambda _, xs: (None, run_chunk(xs, False)), None, rest)
-      out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), out_first, out_rest)
-    else:
-      def run_inference_chunk(_, xs):
-        points, occ, expd, ctx = run_chunk(xs, True)
-        # As in training, only the first chunk's refinement outputs carry gradients (values unchanged).
-        keep = lambda x: jnp.concatenate([x[:1], jnp.where(xs['index'] == 0, x[1:], jax.lax.stop_gradient(x[1:]))])
-        return None, (keep(points), keep(occ), keep(expd), ctx)
-
-      _, out = hk.scan(run_inference_chunk, None, chunked)
-
-    inverse = jnp.argsort(order[:n]) if num_chunks > 1 else jnp.arange(n)
-
-    def merge(x, axis):  # [num_chunks, ..., chunk (at axis), ...] -> [..., n, ...] in the original order
-      x = jnp.moveaxis(x, 0, axis)
-      x = x.reshape(x.shape[:axis] + (padded,) + x.shape[axis + 2:])
-      return jnp.take(x[(slice(None),) * axis + (slice(0, n),)], inverse, axis=axis)
-
-    points, occ, expd, new_contexts = out
+    points, occ, expd, new_contexts = chunking.run(run_chunk, chunked, plan.num_chunks, is_training)
+    merge = functools.partial(chunking.merge, plan)
     points, occ, expd = merge(points, 2), merge(occ, 2), merge(expd, 2)  # [k, b, n, t, ...]
     hi, wi = self.initial_resolution
     points = conventions.convert_grid_coordinates(points, (wi, hi), tuple(video_size)[::-1])
     result = dict(tracks=list(points), occlusion=list(occ), expected_dist=list(expd))
     if contexts is not None:
       new_contexts = jax.tree_util.tree_map(lambda a: merge(a, 2), new_contexts)
-      result['causal_context'] = causal.unstack_levels(new_contexts)
-      if official_format:
-        result['causal_context'] = causal.to_official(result['causal_context'])
+      result['causal_context'] = causal.unstack_output(new_contexts, official_format)
     return result
 
   def construct_initial_causal_state(self, num_points: int, num_resolutions: int = 1,
@@ -481,12 +357,7 @@ class TAPIR(hk.Module):
     updated = QueryFeatures(
         lowres=tuple(replace(o, n) for o, n in zip(query_features.lowres, new_query_features.lowres)),
         hires=tuple(replace(o, n) for o, n in zip(query_features.hires, new_query_features.hires)))
-    if causal_state is None:
-      return updated
-    official_format = bool(causal_state) and isinstance(causal_state[0], dict)
-    state = causal.from_official(causal_state) if official_format else causal_state
-    state = jax.tree_util.tree_map(lambda a: a.at[:, idx].set(0.0), state)
-    return updated, (causal.to_official(state) if official_format else state)
+    return updated if causal_state is None else (updated, causal.reset_points(causal_state, idx))
 
   # ------------------------------------------------------------------------------------------------------
 
@@ -510,8 +381,8 @@ class TAPIR(hk.Module):
     """
     if get_query_feats:
       raise ValueError('get_query_feats=True is not supported (as in the reference implementation)')
-    _check_video(video)
-    _check_query_points_shape(query_points, video.shape)
+    shapes.check_video(video)
+    shapes.check_query_points_shape(query_points, video.shape)
     if feature_grids is None:
       feature_grids = self.get_feature_grids(video, is_training, refinement_resolutions)
     query_features = self.get_query_features(video, is_training, query_points, feature_grids)
