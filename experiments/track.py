@@ -23,9 +23,10 @@ _VIDEO = flags.DEFINE_string('video', None, 'input video file', required=True)
 _OUT = flags.DEFINE_string('out', None, 'output video with the tracks painted on (input size and fps)')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'checkpoint: released .npy (scripts/download_checkpoints.sh) '
                                   'or one of ours')
-_PRESET = flags.DEFINE_enum('preset', None, sorted(tapir.PRESETS),
+_PRESET = flags.DEFINE_enum('preset', None, sorted(tapir.PRESETS) + ['tapnet'],
                              'architecture of a released checkpoint (settings stored in the checkpoint win; a '
-                             'contradicting preset is an error); needed unless the layout determines it')
+                             'contradicting preset is an error); needed unless the layout determines it; tapnet for the '
+                             'TAP-Net baseline (offline)')
 _GRID = flags.DEFINE_integer('grid', None, 'track an N x N grid of points from frame 0')
 _POINTS = flags.DEFINE_string('points', None, 'query points "t,y,x;t,y,x" (frame, row, column in pixels)')
 _MASK = flags.DEFINE_string('mask', None, 'image the size of a frame; query a grid inside its nonzero pixels')

@@ -231,3 +231,15 @@ def test_import_tapir_is_light():
   proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, env={**os.environ, 'PYTHONPATH': str(REPO)},
                         capture_output=True, text=True, timeout=120, check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_tapnet_preset_tracks_a_file_offline(video_path, tmp_path):
+  checkpoint = str(REPO / 'tests' / 'fixtures' / 'tapnet_checkpoint_small.npy')
+  result = track_video.track_file(video_path, str(tmp_path / 'out.mp4'), checkpoint, 'tapnet', grid=3,
+                                  resize=32, progress=False, save_path=str(tmp_path / 'tracks.npz'))
+  assert result.tracks.shape == (9, T, 2) and result.visible.shape == (9, T)
+  np.testing.assert_allclose(result.tracks[:, 0], result.query_points[:, 2:0:-1], atol=1e-3)  # query frame
+  assert str(np.load(tmp_path / 'tracks.npz')['preset']) == 'tapnet'
+  assert track_video.read_video(tmp_path / 'out.mp4')[0].shape == (T, H, W, 3)
+  with pytest.raises(ValueError, match='TAP-Net tracks offline only'):
+    track_video.track_file(video_path, None, checkpoint, 'tapnet', grid=3, online=True, progress=False)

@@ -1,5 +1,6 @@
 """Every public boundary: bad input raises a ValueError naming the argument, or has a defined result."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -147,3 +148,22 @@ def test_tapvid_non_finite_coordinates(bad):
 def test_cli_arguments_are_checked_before_reading(tmp_path, kwargs, message):
   with pytest.raises(ValueError, match=message):
     track_video.track_file(str(tmp_path / 'missing.mp4'), None, None, grid=2, random_weights=True, **kwargs)
+
+
+@pytest.mark.parametrize('queries, chunk, message', [
+    ([[[0.0, np.nan, 4.0]]], 8, 'query_points must be finite'),
+    ([[[0.0, 4.0, np.inf]]], 8, 'query_points must be finite'),
+    ([[[0.0, 4.0, 4.0]]], 0, 'query_chunk_size must be None'),
+    ([[[0.0, 4.0, 4.0]]], 2.5, 'query_chunk_size must be None'),
+    ([[0.0, 4.0, 4.0]], 8, r'query_points must be \[batch=1, num_points, 3\]'),
+])
+def test_tapir_module_rejects_bad_concrete_inputs(queries, chunk, message):
+  import haiku as hk  # pylint: disable=g-import-not-at-top
+
+  def forward(video, query_points):
+    return tapir.TAPIR(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=1, mixer_hidden_dim=16, num_pips_iter=1,
+                       initial_resolution=(16, 16))(video, False, query_points, query_chunk_size=chunk)
+
+  with pytest.raises(ValueError, match=message):
+    hk.transform_with_state(forward).init(jax.random.PRNGKey(0), np.zeros((1, 2, 16, 16, 3), np.float32),
+                                          np.asarray(queries, np.float32))

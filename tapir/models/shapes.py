@@ -56,6 +56,30 @@ def check_query_points_shape(query_points, video_shape) -> None:
                      f'{tuple(query_points.shape)}')
 
 
+def check_query_chunk_size(query_chunk_size) -> None:
+  if query_chunk_size is not None and (isinstance(query_chunk_size, bool) or
+                                       not isinstance(query_chunk_size, (int, np.integer)) or query_chunk_size < 1):
+    raise ValueError(f'query_chunk_size must be None (one chunk) or an integer >= 1; got {query_chunk_size!r}')
+
+
+def check_finite_query_points(query_points) -> None:
+  """With concrete values (not under jit/grad tracing), NaN or infinite query coordinates are an error."""
+  if isinstance(query_points, jax.core.Tracer):
+    return
+  q = np.asarray(query_points)
+  if not np.isfinite(q).all():
+    first = tuple(int(i) for i in np.argwhere(~np.isfinite(q))[0])
+    raise ValueError(f'query_points must be finite (t, y, x); got {q[first[:-1]].tolist()} at index {first[:-1]}')
+
+
+def check_call(video, query_points, query_chunk_size) -> None:
+  """The inputs of `TAPIR.__call__`: shapes always, query values when they are concrete (not traced)."""
+  check_video(video)
+  check_query_points_shape(query_points, video.shape)
+  check_finite_query_points(query_points)
+  check_query_chunk_size(query_chunk_size)
+
+
 def check_query_points(query_points: np.ndarray, video_shape: Sequence[int]) -> None:
   """Raises if any (t, y, x) query lies outside a video of shape [..., t, h, w, 3] (t in [0, t-1]).
 

@@ -19,7 +19,6 @@ from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from absl import logging
 import numpy as np
-from PIL import Image
 import tqdm
 
 from tapir import checkpoint as checkpoint_lib
@@ -29,6 +28,7 @@ from tapir.models import tapir as tapir_lib
 from tapir.tracking import online as online_lib
 from tapir.tracking import paint
 from tapir.tracking import queries as queries_lib
+from tapir.tracking import tapnet as tapnet_lib
 from tapir.tracking import tracker as tracker_lib
 from tapir.tracking.queries import grid_points, load_mask, make_query_points, parse_points  # pylint: disable=unused-import (CLI API)
 
@@ -44,7 +44,8 @@ CHECKPOINT_FOR_PRESET = {
     'causal_bootstapir': 'causal_bootstapir_checkpoint.npy',
 }
 
-AnyTracker = tracker_lib.Tracker | online_lib.OnlineTracker
+AnyTracker = tracker_lib.Tracker | online_lib.OnlineTracker | tapnet_lib.TAPNetTracker
+TAPNET = 'tapnet'  # --preset for a TAP-Net checkpoint (the baseline; offline only)
 
 
 class TrackResult(NamedTuple):
@@ -100,6 +101,11 @@ def load_weights(checkpoint: str | None, preset: str | None = None, random_weigh
 
   Raises ValueError with `NEED_WEIGHTS` when there is no checkpoint and `random_weights` is off.
   """
+  if preset == TAPNET:  # TAP-Net has no TAPIR settings: its layout is fixed (`tapnet_lib.TAPNetTracker`)
+    if checkpoint is None or overrides:
+      raise ValueError('--preset tapnet needs --checkpoint (the released tapnet_checkpoint.npy) and no overrides')
+    contents = checkpoint_lib.read_checkpoint(checkpoint)
+    return contents.params, contents.state, {}
   if checkpoint is None:
     if not random_weights:
       raise ValueError(NEED_WEIGHTS)
@@ -132,6 +138,10 @@ def make_tracker(params, state, model_kwargs: Mapping[str, Any], *, checkpoint: 
                  query_chunk_size: int = 64) -> AnyTracker:
   """The tracker for loaded weights. Raises ValueError when `online` is asked of a non-causal model, and with
   `check_params`' diagnosis when the weights do not fit the architecture."""
+  if preset == TAPNET:
+    if online:
+      raise ValueError('--online needs a causal TAPIR preset; TAP-Net tracks offline only')
+    return tapnet_lib.TAPNetTracker(params, state, query_chunk_size=query_chunk_size)
   if online and not model_kwargs.get('use_causal_conv'):
     raise ValueError(f'--online needs a causal preset (causal_tapir or causal_bootstapir); got {preset!r}')
   try:

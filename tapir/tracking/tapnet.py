@@ -13,6 +13,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from tapir import checkpoint as checkpoint_lib
 from tapir import conventions
@@ -71,10 +72,11 @@ class TAPNetTracker:
     return cls(contents.params, contents.state, model_kwargs, query_chunk_size, resolution)
 
   def predict(self, video: np.ndarray, query_points: np.ndarray,
-              resize_to: Sequence[int] | None | str = 'default') -> TAPNetOutput:
+              resize_to: Sequence[int] | None | str = 'default', progress: bool = False) -> TAPNetOutput:
     """video uint8 [t, h, w, 3]; query_points [n, 3] (t, y, x) pixels of `video`.
 
-    `resize_to`: (height, width) to run at; 'default' = `self.resolution`; None = the video's own size.
+    `resize_to`: (height, width) to run at; 'default' (or 'model') = `self.resolution`; None = the video's own
+    size. `progress` shows a bar over the query chunks.
     """
     video_lib.check_video(video)
     query_points = np.asarray(query_points, np.float32)
@@ -83,7 +85,7 @@ class TAPNetTracker:
     tapir_lib.check_query_points(query_points, video.shape)
     t, h, w, _ = video.shape
     if isinstance(resize_to, str):
-      if resize_to != 'default':
+      if resize_to not in ('default', 'model'):
         raise ValueError(f"resize_to must be (height, width), None or 'default'; got {resize_to!r}")
       resize_to = self.resolution
     model_hw = (h, w) if resize_to is None else tuple(resize_to)
@@ -98,7 +100,7 @@ class TAPNetTracker:
     padded = -(-n // size) * size
     queries = np.concatenate([queries, np.repeat(queries[:1], padded - n, axis=0)])
     outputs = []
-    for start in range(0, padded, size):
+    for start in tqdm.tqdm(range(0, padded, size), desc='query chunks', disable=not progress):
       (tracks, occ), _ = self._chunk(self.params, self.state, None, frames, grid,
                                      jnp.asarray(queries[None, start:start + size]))
       outputs.append(jax.device_get((tracks[0], occ[0])))
