@@ -195,7 +195,8 @@ class TAPIR(hk.Module):
   # ------------------------------------------------------------------------------------------------------
   # Stage 3: trajectories
 
-  def _refine_level(self, grids, level_resolution, points, occ, expd, query_hires, query_lowres, contexts):
+  def _refine_level(self, grids, level_resolution, points, occ, expd, query_hires, query_lowres, contexts,
+                    unroll: bool = False):
     """`num_pips_iter` refinement iterations at one resolution level.
 
     Returns the per-iteration estimates stacked on a leading axis ([iters, b, n, t, ...]) and the new contexts.
@@ -228,14 +229,16 @@ class TAPIR(hk.Module):
 
     if self.remat_refinement:
       iteration = hk.remat(iteration)
-    # Unrolled (same numbers): XLA fuses across iterations and skips the loop's stacking of residuals (~5% of
-    # the `cpu` preset's train step).
+    # Unrolled in training (same numbers): XLA fuses across iterations and skips the loop's stacking of
+    # residuals (~5% of the `cpu` preset's train step). Not in inference, where it keeps every iteration's
+    # buffers alive (offline forward of 48 x 256^2: 0.7 -> 1.7 GB of temporaries).
     _, (all_points, all_occ, all_expd, new_contexts) = hk.scan(
-        iteration, (points, occ, expd, feats), contexts, length=self.num_pips_iter, unroll=self.num_pips_iter)
+        iteration, (points, occ, expd, feats), contexts, length=self.num_pips_iter,
+        unroll=self.num_pips_iter if unroll else 1)
     return all_points, all_occ, all_expd, new_contexts
 
   def _estimate_chunk(self, feature_grids, query_lowres, query_hires, query_points, video_size, contexts,
-                      refinement_gradients: bool = True):
+                      refinement_gradients: bool = True, unroll: bool = False):
     """Initialisation and every refinement iteration for one chunk of queries.
 
     query_lowres / query_hires: per resolution entry, [b, n, c]. query_points: [b, n, 3] in video pixels or
@@ -267,7 +270,7 @@ class TAPIR(hk.Module):
         grids = refinement.pyramid(grids_in.hires[level], grids_in.lowres[level], self.pyramid_level)
         level_points, level_occ, level_expd, level_context = self._refine_level(
             grids, resolutions[level], points, occ0, expd0, hires_in[level], lowres_in[level],
-            None if contexts is None else contexts[level - 1])
+            None if contexts is None else contexts[level - 1], unroll)
         tracks.append(level_points)
         occlusion.append(level_occ)
         expected_dist.append(level_expd)
@@ -320,7 +323,7 @@ class TAPIR(hk.Module):
 
     def run_chunk(xs, refinement_gradients):
       return self._estimate_chunk(feature_grids, xs['lowres'], xs['hires'], xs['points'], video_size,
-                                  xs['contexts'], refinement_gradients)
+                                  xs['contexts'], refinement_gradients, unroll=is_training)
 
     points, occ, expd, new_contexts = chunking.run(run_chunk, chunked, plan.num_chunks, is_training)
     merge = functools.partial(chunking.merge, plan)
