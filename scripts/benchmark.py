@@ -18,8 +18,9 @@ Training cases:
                                 (`tapir.data.streams.train_batches` behind the trainer's prefetcher).
 Training uses the dense patch formulation (`bilinear_interp_with_depthwise_conv=True` in the configs): its
 backward pass is matrix products, where the gather's is a scatter-add. Measured on XLA:CPU (2 cores, same
-process): the `cpu` preset's loss gradient 0.55 s dense against 0.91 s gather; the full model's gradient above
-7.7 s either way. The gather stays the CPU default for inference, where it is faster.
+process): the `cpu` preset's train step 0.53 s dense against 0.93 s gather; the full model's gradient above
+7.0 s dense against 6.6 s gather (README, 2026-11-30). The gather stays the CPU default for inference, where it is
+faster (5.9 s against 6.2 s for the 24-frame forward).
 """
 
 import argparse
