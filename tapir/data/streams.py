@@ -30,7 +30,6 @@ from tapir.data import pipeline
 from tapir.data import validation
 
 Batch = dict[str, np.ndarray]
-EXAMPLE_KEYS = validation.EXAMPLE_KEYS
 
 
 def scene_config(config, size=None):

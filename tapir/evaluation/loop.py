@@ -40,6 +40,17 @@ def zero_motion_predictor(
   return tracks, np.zeros(tracks.shape[:2], bool)
 
 
+def tracker_predictor(tracker, resize_to) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+  """`predict(video, query_points) -> (tracks, occluded)` of any tracker with `predict(video, queries, resize_to)`
+  returning `.tracks` and `.visible` (`tapir.Tracker`, `tapir.TAPNetTracker`), run at `resize_to`."""
+
+  def predict(video, query_points):
+    out = tracker.predict(video, query_points, resize_to=resize_to)
+    return out.tracks, ~out.visible
+
+  return predict
+
+
 @dataclasses.dataclass
 class EvaluationResult:
   """Per-video TAP-Vid metrics of one dataset and query mode, and their mean over videos."""

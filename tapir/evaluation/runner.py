@@ -35,28 +35,17 @@ def _architecture(config, contents: checkpoint_lib.CheckpointContents) -> dict[s
 
 def predictors(config) -> dict[str, Callable]:
   out = {}
+  resize_to = None if config.full_resolution else tuple(config.resolution)
   if config.checkpoint and config.preset == 'tapnet':
     contents = checkpoint_lib.read_checkpoint(config.checkpoint)
     tracker = tapnet_tracker.TAPNetTracker(contents.params, contents.state, query_chunk_size=config.query_chunk_size,
                                            resolution=tuple(config.resolution))
-    resize_to = None if config.full_resolution else tuple(config.resolution)
-
-    def predict_tapnet(video, query_points):
-      result = tracker.predict(video, query_points, resize_to=resize_to)
-      return result.tracks, ~result.visible
-
-    out['tapnet'] = predict_tapnet
+    out['tapnet'] = evaluation.tracker_predictor(tracker, resize_to)
   elif config.checkpoint:
     contents = checkpoint_lib.read_checkpoint(config.checkpoint)
     tracker = tracker_lib.Tracker(contents.params, contents.state, _architecture(config, contents),
                                 query_chunk_size=config.query_chunk_size)
-    resize_to = None if config.full_resolution else tuple(config.resolution)
-
-    def predict(video, query_points):
-      result = tracker.predict(video, query_points, resize_to=resize_to)
-      return result.tracks, ~result.visible
-
-    out['full_resolution' if config.full_resolution else 'tapir'] = predict
+    out['full_resolution' if config.full_resolution else 'tapir'] = evaluation.tracker_predictor(tracker, resize_to)
   else:
     logging.warning('no --config.checkpoint given: scoring the baselines only')
   for name in config.baselines:

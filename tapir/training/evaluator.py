@@ -27,12 +27,7 @@ def model_predictor(params, state, model_kwargs: Mapping[str, Any], chunk_size: 
     tracker = tapnet_tracker.TAPNetTracker(params, state, model_kwargs, chunk_size, resolution=tapnet_resolution)
   else:
     tracker = tracker_lib.Tracker(params, state, model_kwargs, query_chunk_size=chunk_size)
-
-  def predict(video, query_points):
-    out = tracker.predict(video, query_points, resize_to=tracker.resolution)
-    return out.tracks, ~out.visible
-
-  return predict
+  return evaluation.tracker_predictor(tracker, tracker.resolution)
 
 
 def make_evaluator(config) -> Callable[[Any, Any, int], dict[str, Any]]:
