@@ -10,8 +10,8 @@ The model trained by the README's main command (configs/tapir.py:cpu; it runs at
 8-frame scenes rendered and scored at 256x256:
   python -m experiments.evaluate --config configs/evaluate.py:cpu --workdir /tmp/tapir_cpu/eval
 
-The released TAP-Net baseline on the same data: add --config.preset=tapnet
---config.checkpoint=checkpoints/tapnet_checkpoint.npy (whole video in one call at 256x256, as the reference).
+The released TAP-Net baseline on the same data: --config.checkpoint=checkpoints/tapnet_checkpoint.npy (the family
+is read off the checkpoint; whole video in one call at 256x256, as the reference).
 
 TAP-Vid-DAVIS with the released TAPIR (after scripts/download_checkpoints.sh and scripts/download_tapvid.sh):
   python -m experiments.evaluate --config configs/evaluate.py:davis --workdir /tmp/tapir_eval \
@@ -21,31 +21,34 @@ TAP-Vid-DAVIS with the released TAPIR (after scripts/download_checkpoints.sh and
 
 Fields: `dataset` ('synthetic', 'davis', 'rgb_stacking', 'kinetics', 'robotap', 'csv', 'npz', 'kubric', 'jhmdb')
 and its `path` (`video_dir` too for 'csv'; for 'kubric' a TFDS data dir, with `kubric.dataset` / `split` / `vflip`
-/ `seed` / `num_videos` (0 = all); for 'jhmdb' the dataset root, scored with PCK, `query_modes` unused); `query_modes`; `checkpoint` and `preset` (or '' to read the architecture off the
-checkpoint); `resolution` the model runs at; `full_resolution` runs at each video's own size instead (predictions
+/ `seed` / `num_videos` (0 = all); for 'jhmdb' the dataset root, scored with PCK, `query_modes` unused);
+`query_modes`; `checkpoint` and `preset` (or '' to read the family and architecture off the checkpoint);
+`resolution_hw` the model runs at; `full_resolution` runs at each video's own size instead (predictions
 rescaled to 256x256 for scoring, reported separately as the benchmark requires).
 Writes per-video metrics (JSON, CSV) and a results table (markdown, LaTeX) to the workdir.
 """
 
 import ml_collections
 
+from tapir import config_fields
+
 
 def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.checkpoint = ''
-  # tapir.PRESETS key, 'tapnet' for a TAP-Net checkpoint (`tapir.TAPNetTracker`), or '' to take the architecture from the checkpoint (its stored settings, or a released layout
-  # that only one preset fits): `tapir.checkpoint.resolve_model_kwargs`, the rule every entry point uses.
+  # a tapir.PRESETS name, or '' to take the architecture from the checkpoint (its stored family and settings, or a
+  # released layout that only one preset fits): `tapir.load_tracker`'s rule, the one every entry point uses.
   c.preset = ''
   c.model_overrides = ml_collections.ConfigDict(dict(initial_resolution=(256, 256)))
   c.dataset = 'synthetic'
   c.path = ''
   c.video_dir = ''  # for the csv format
   c.query_modes = ('first', 'strided')
-  c.resolution = (256, 256)
+  c.resolution_hw = (256, 256)
   c.full_resolution = False
   c.query_chunk_size = 64
   c.baselines = ('zero_motion',)
-  c.synthetic = ml_collections.ConfigDict(dict(num_videos=30, num_frames=24, size=(256, 256), tracks=256))
+  c.synthetic = ml_collections.ConfigDict(dict(num_videos=30, num_frames=24, hw=(256, 256), tracks=256))
   c.kubric = ml_collections.ConfigDict(dict(dataset='movi_e/256x256', split='validation', vflip=False, seed=0,
                                             num_videos=0))
   if preset in ('davis', 'rgb_stacking', 'kinetics', 'robotap', 'kubric', 'jhmdb'):
@@ -56,10 +59,11 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   elif preset == 'cpu':
     # The model of `configs/tapir.py:cpu` on held-out synthetic clips like its training data (8 frames, 64x64).
     c.checkpoint = '/tmp/tapir_cpu/tapir_checkpoint.npz'
-    c.resolution = (64, 64)
+    c.resolution_hw = (64, 64)
     c.synthetic.update(num_videos=50, num_frames=8)  # rendered and scored at 256x256
   elif preset:
     raise ValueError(f'unknown preset {preset!r}: use davis, rgb_stacking, kinetics, robotap, kubric, '
                      'kubric_vflip, jhmdb or cpu')
+  config_fields.add_placeholders(c, config_fields.EVALUATION_RENAMES)
   c.lock()
   return c

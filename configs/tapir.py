@@ -5,11 +5,12 @@ Paper recipe (a TPU pod; MOVi-E with camera panning from TFDS):
       --config.data.data_dir=gs://your-bucket/tfds
   Expect (paper, TAP-Vid-DAVIS 'first' mode, 256x256): Average Jaccard ~ 56-62 after 50k steps on 64 TPU-v3 cores.
 
-Presets (`--config configs/tapir.py:<preset>`):
-  released          the released checkpoints' architecture: instance norm instead of cross-replica batch norm.
-  causal            online TAPIR (causal temporal convolutions, pyramid_level=1).
+Presets (`--config configs/tapir.py:<preset>`); the model presets are `tapir.PRESETS`' names:
+  tapir             the released TAPIR architecture: instance norm instead of cross-replica batch norm.
+  causal_tapir      online TAPIR (causal temporal convolutions, pyramid_level=1), instance norm.
   bootstapir        BootsTAPIR's architecture (extra convs, pyramid_level=1, softmax temperature 10), trained with
-                    this recipe (the released BootsTAPIR also used self-supervised video data, not included).
+                    this recipe (the released BootsTAPIR also had a self-supervised stage on real video).
+  causal_bootstapir the causal BootsTAPIR architecture.
   finetune          fine-tune a released checkpoint on your own data: set --config.init_from=ckpt.npy and
                     --config.data.source=custom --config.data.custom_factory=module:function (see README).
   cpu               a laptop run on the built-in synthetic scenes: a small model, 64x64 clips of 8 frames, 1000
@@ -28,9 +29,17 @@ forward pass of one chunk's refinement), so the paper recipe leaves it off.
 
 import ml_collections
 
+from tapir import checkpoint
+from tapir import config_fields
+
+MODEL_PRESETS = ('tapir', 'causal_tapir', 'bootstapir', 'causal_bootstapir')  # `tapir.PRESETS` names
+RECIPE_PRESETS = ('finetune', 'cpu', 'tiny')
+RENAMED_PRESETS = {'released': 'tapir', 'causal': 'causal_tapir'}
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.task = 'tapir'  # the objective (`tapir.training.tasks`): supervised TAPIR
   c.seed = 0
   c.training_steps = 50_000  # paper; the released code ran 100k
   c.log_every_steps = 100
@@ -80,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
       data_dir='',  # TFDS data_dir, e.g. a bucket on a TPU pod; '' = the TFDS default
       per_device_batch=8,
       num_frames=24,
-      train_size=(256, 256),
+      train_hw=(256, 256),
       tracks_per_clip=256,
       shuffle_buffer=128,
       color_augmentation=True,
@@ -95,11 +104,11 @@ def base_config() -> ml_collections.ConfigDict:
       every_steps=10_000,
       dataset='synthetic',  # 'synthetic', or a TAP-Vid reader name ('davis', 'rgb_stacking', ...)
       path='',
-      query_mode='strided',
+      query_modes=('strided',),  # several: metrics are reported as '<mode>/<name>'
       num_videos=20,  # synthetic set size
-      synthetic_size=(256, 256),  # synthetic videos are rendered and scored at TAP-Vid's 256x256
+      synthetic_hw=(256, 256),  # synthetic videos are rendered and scored at TAP-Vid's 256x256
       tracks=256,  # synthetic tracks per video (before de-duplication)
-      chunk_size=16,
+      query_chunk_size=16,
   ))
 
   # Multi-host: TPU pods need only initialize=True; elsewhere give the coordinator and this process's id.
@@ -111,12 +120,11 @@ def base_config() -> ml_collections.ConfigDict:
 
 def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c = base_config()
-  if preset == 'released':
-    c.model.normalization = 'instancenorm'
-  elif preset == 'causal':
-    c.model.update(use_causal_conv=True, pyramid_level=1, normalization='instancenorm')
-  elif preset == 'bootstapir':
-    c.model.update(pyramid_level=1, extra_convs=True, softmax_temperature=10.0, normalization='instancenorm')
+  if preset in RENAMED_PRESETS:
+    raise ValueError(f'preset {preset!r} is now called {RENAMED_PRESETS[preset]!r} (configs/tapir.py:'
+                     f'{RENAMED_PRESETS[preset]})')
+  if preset in MODEL_PRESETS:  # the released architecture: its settings, instance norm
+    c.model.update(**checkpoint.PRESETS[preset], normalization='instancenorm')
   elif preset == 'finetune':
     c.model.normalization = 'instancenorm'
     c.data.update(source='custom', color_augmentation=True)
@@ -127,24 +135,25 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   elif preset in ('cpu', 'tiny'):
     c.model.update(normalization='instancenorm', mixer_hidden_dim=64, num_mixer_blocks=2,
                    blocks_per_group=(1, 1, 1, 1), initial_resolution=(64, 64), remat_refinement=False)
-    c.data.update(source='synthetic', per_device_batch=4, num_frames=8, train_size=(64, 64),
+    c.data.update(source='synthetic', per_device_batch=4, num_frames=8, train_hw=(64, 64),
                   tracks_per_clip=64, shuffle_buffer=16, random_crop=False)
     c.optimizer.update(learning_rate=1e-3, warmup_steps=50)
     c.training_steps = 1000
     c.log_every_steps = 20
     c.checkpoint_every_steps = 250
-    c.eval.update(every_steps=250, num_videos=20, chunk_size=128)
+    c.eval.update(every_steps=250, num_videos=20, query_chunk_size=128)
     c.train_chunk_size = 64
     if preset == 'tiny':
       c.model.update(mixer_hidden_dim=16, num_mixer_blocks=1, num_pips_iter=2, initial_resolution=(32, 32))
-      c.data.update(per_device_batch=1, num_frames=4, train_size=(32, 32), tracks_per_clip=8, shuffle_buffer=2,
+      c.data.update(per_device_batch=1, num_frames=4, train_hw=(32, 32), tracks_per_clip=8, shuffle_buffer=2,
                     synthetic_static_objects=(1, 2), synthetic_dynamic_objects=(1, 1))
       c.training_steps = 2
       c.optimizer.warmup_steps = 1
       c.log_every_steps = 1
       c.checkpoint_every_steps = 2
-      c.eval.update(every_steps=2, num_videos=1, synthetic_size=(32, 32), tracks=8)
+      c.eval.update(every_steps=2, num_videos=1, synthetic_hw=(32, 32), tracks=8)
   elif preset:
-    raise ValueError(f'unknown preset {preset!r}; choose released, causal, bootstapir, finetune, cpu or tiny')
+    raise ValueError(f'unknown preset {preset!r}; choose one of {MODEL_PRESETS + RECIPE_PRESETS}')
+  config_fields.add_placeholders(c, config_fields.TRAINING_RENAMES)
   c.lock()
   return c

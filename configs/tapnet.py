@@ -12,8 +12,8 @@ Presets (`--config configs/tapnet.py:<preset>`):
          Evaluated at the 64x64 training size.
   tiny   a few-second smoke configuration used by the tests.
 
-Differences from configs/tapir.py: `model_kind='tapnet'` (`tapir.TAPNet`; `config.model` holds its constructor
-arguments), one loss term (`tapir.training.state.tapnet_loss_terms`: 0.05 * Huber + occlusion BCE, no uncertainty
+Differences from configs/tapir.py: `task='tapnet'` (`tapir.training.task_tapnet`: `tapir.TAPNet`, `config.model` holds
+its constructor arguments), one loss term (`tapir.losses.tapnet_loss_terms`: 0.05 * Huber + occlusion BCE, no uncertainty
 head), learning rate 2e-3 with 5k warmup over 100k steps, weight decay 1e-2 (batch-norm scale/offset and biases
 excluded), unpanned MOVi-E. The exported weights are `workdir/tapnet_checkpoint.npz`
 (`tapir.TAPNetTracker.from_checkpoint` runs them).
@@ -29,7 +29,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
     raise ValueError(f'unknown preset {preset!r}; choose cpu or tiny (or none for the reference recipe)')
   c = tapir_configs.get_config('tiny' if preset == 'tiny' else 'cpu' if preset == 'cpu' else '')
   c.unlock()
-  c.model_kind = 'tapnet'
+  c.task = 'tapnet'
   c.model = ml_collections.ConfigDict(dict(
       feature_grid_stride=8,
       num_heads=1,
@@ -43,7 +43,7 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
     c.training_steps = 100_000
     c.optimizer.update(learning_rate=2e-3, warmup_steps=5_000)
     c.data.tfds_name = 'movi_e/256x256'
-    c.eval.chunk_size = 16
+    c.eval.query_chunk_size = 16
   elif preset == 'cpu':
     c.optimizer.update(learning_rate=2e-3)
   c.lock()

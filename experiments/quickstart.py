@@ -14,7 +14,6 @@ from absl import logging
 import numpy as np
 
 import tapir
-from tapir.tracking import cli
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'checkpoint (either format); random weights if unset')
 _PRESET = flags.DEFINE_enum('preset', None, sorted(tapir.PRESETS),
@@ -43,12 +42,12 @@ def main(argv):
   if not _CHECKPOINT.value:
     logging.warning('No --checkpoint given: using RANDOM weights (shows the API; the tracks are meaningless).')
   # A checkpoint from our trainer carries its architecture; a released one needs the right --preset.
-  tracker = cli.load_tracker(_CHECKPOINT.value, _PRESET.value, random_weights=not _CHECKPOINT.value)
+  tracker = tapir.load_tracker(_CHECKPOINT.value, _PRESET.value, random_weights=not _CHECKPOINT.value)
   queries = tapir.grid_query_points(video.shape[1:3], stride=_SIZE.value // 4)
   tracks, visible = tracker.track(video, queries, resize_to=tracker.resolution)
   t = np.arange(video.shape[0])
   velocity = np.array([1.5, -1.0])
-  truth = queries[:, None, ::-1][..., :2] + np.round(velocity * t[:, None])[None]
+  truth = tapir.conventions.xy_of_tyx(queries)[:, None] + np.round(velocity * t[:, None])[None]
   error = np.linalg.norm(tracks - truth, axis=-1)
   logging.info('tracked %d points through %d frames: tracks %s, visible %s', len(queries), len(t), tracks.shape,
                visible.shape)

@@ -18,15 +18,16 @@ from absl import flags
 
 import tapir
 from tapir.tracking import cli
+from tapir.tracking import loader
 
 _VIDEO = flags.DEFINE_string('video', None, 'input video file', required=True)
 _OUT = flags.DEFINE_string('out', None, 'output video with the tracks painted on (input size and fps)')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'checkpoint: released .npy (scripts/download_checkpoints.sh) '
                                   'or one of ours')
-_PRESET = flags.DEFINE_enum('preset', None, sorted(tapir.PRESETS) + ['tapnet'],
+_PRESET = flags.DEFINE_enum('preset', None, sorted(tapir.PRESETS),
                              'architecture of a released checkpoint (settings stored in the checkpoint win; a '
-                             'contradicting preset is an error); needed unless the layout determines it; tapnet for the '
-                             'TAP-Net baseline (offline)')
+                             'contradicting preset is an error); needed unless the layout determines it; tapnet is the '
+                             'TAP-Net baseline (offline only)')
 _GRID = flags.DEFINE_integer('grid', None, 'track an N x N grid of points from frame 0')
 _POINTS = flags.DEFINE_string('points', None, 'query points "t,y,x;t,y,x" (frame, row, column in pixels)')
 _MASK = flags.DEFINE_string('mask', None, 'image the size of a frame; query a grid inside its nonzero pixels')
@@ -48,7 +49,7 @@ def main(argv):
   if not _OUT.value and not _SAVE.value:
     raise app.UsageError('nothing to write: pass --out and/or --save')
   if _CHECKPOINT.value is None and not _RANDOM.value:
-    sys.exit(f'error: {cli.NEED_WEIGHTS}')
+    sys.exit(f'error: {loader.NEED_WEIGHTS} (flags: --checkpoint PATH, or --random_weights)')
   try:
     cli.track_file(
         _VIDEO.value, _OUT.value, _CHECKPOINT.value, _PRESET.value, grid=_GRID.value, points=_POINTS.value,

@@ -86,7 +86,7 @@ def run_case(case: dict, repeats: int) -> dict:
     kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
     if 'dense' in case:
       kwargs['bilinear_interp_with_depthwise_conv'] = case['dense']
-    frames, size, points, batch = (config.data.num_frames, config.data.train_size[0], config.data.tracks_per_clip,
+    frames, size, points, batch = (config.data.num_frames, config.data.train_hw[0], config.data.tracks_per_clip,
                                    config.data.per_device_batch)
     chunk = config.train_chunk_size
   elif kind in ('train', 'train_memory', 'gradient'):  # the paper recipe's model and chunking

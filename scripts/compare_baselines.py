@@ -29,8 +29,7 @@ from tapir import metrics
 from tapir.data import streams
 from tapir.data import tapvid
 from tapir.evaluation import loop as evaluation
-from tapir.tracking import tapnet as tapnet_tracker
-from tapir.tracking import tracker as tracker_lib
+import tapir
 
 _TAPNET = flags.DEFINE_string('tapnet_checkpoint', '/tmp/tapnet_cpu/tapnet_checkpoint.npz', 'TAP-Net weights')
 _TAPNET_RES = flags.DEFINE_list('tapnet_resolution', ['64', '64'], 'height,width TAP-Net runs at')
@@ -56,14 +55,12 @@ def _hw(values, name):
 def predictors() -> dict:
   out = {}
   if _TAPNET.value:
-    tracker = tapnet_tracker.TAPNetTracker.from_checkpoint(_TAPNET.value, _CHUNK.value,
-                                                   resolution=_hw(_TAPNET_RES.value, 'tapnet_resolution'))
-    out['TAP-Net'] = lambda video, queries: (lambda r: (r.tracks, ~r.visible))(tracker.predict(video, queries))
+    tracker = tapir.load_tracker(_TAPNET.value, query_chunk_size=_CHUNK.value)
+    out['TAP-Net'] = evaluation.tracker_predictor(tracker, _hw(_TAPNET_RES.value, 'tapnet_resolution'))
   if _TAPIR.value:
-    tapir_tracker = tracker_lib.Tracker.from_checkpoint(_TAPIR.value, _TAPIR_PRESET.value or None, _CHUNK.value)
-    size = _hw(_TAPIR_RES.value, 'tapir_resolution') if _TAPIR_RES.value else tapir_tracker.resolution
-    out['TAPIR'] = lambda video, queries: (lambda r: (r.tracks, ~r.visible))(
-        tapir_tracker.predict(video, queries, resize_to=size))
+    tracker = tapir.load_tracker(_TAPIR.value, _TAPIR_PRESET.value or None, query_chunk_size=_CHUNK.value)
+    size = _hw(_TAPIR_RES.value, 'tapir_resolution') if _TAPIR_RES.value else tracker.resolution
+    out['TAPIR'] = evaluation.tracker_predictor(tracker, size)
   out['zero motion'] = evaluation.zero_motion_predictor
   return out
 

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tapir.data import streams  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tapir.data import synthetic  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tapir.tracking import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tapir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tapir.tracking import paint  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -66,7 +66,7 @@ def scene_figures(checkpoint: str | None, out_dir: str, seed: int = 3) -> None:
   sheet = paint.contact_sheet(painted[frames], columns=4, labels=[f'frame {f}' for f in frames])
   paint.save_image(os.path.join(out_dir, 'synthetic_clip.png'), sheet)
   if checkpoint:
-    tracker = cli.load_tracker(checkpoint)  # the architecture stored by the trainer
+    tracker = tapir.load_tracker(checkpoint)  # the architecture stored by the trainer
     result = tracker.predict(example.video, example.query_points, resize_to=tracker.resolution)
     both = paint.compare_tracks(example.video, result.tracks, result.visible, example.target_points, gt_visible,
                               colors=colors, trail=6, radius=3)

@@ -17,11 +17,12 @@ from tapir.tracking.online import OnlineOutput
 from tapir.tracking.online import OnlineTracker
 from tapir.tracking.queries import grid_query_points
 from tapir.tracking.queries import mask_query_points
+from tapir.tracking.loader import load_tracker
 from tapir.tracking.tapnet import TAPNetTracker
 from tapir.tracking.tracker import Tracker
 
 __all__ = [
     'checkpoint', 'conventions', 'load_checkpoint', 'save_checkpoint', 'grid_query_points', 'mask_query_points',
     'PRESETS', 'Tracker', 'OnlineTracker', 'OnlineOutput', 'FeatureGrids', 'QueryFeatures', 'TAPIR', 'TAPNet',
-    'TAPNetTracker',
+    'TAPNetTracker', 'load_tracker',
 ]

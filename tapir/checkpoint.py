@@ -17,56 +17,39 @@ is accepted only when its parameter layout fits exactly one preset and that pres
 shows in the layout (temperature and causality never do).
 """
 
-import functools
-import inspect
-import json
 import os
 from typing import Any, Mapping, NamedTuple
 
 from absl import logging
-import haiku as hk
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tapir import checkpoint_io
+from tapir import checkpoint_torch
 from tapir.checkpoint_io import UnsafeCheckpointError  # pylint: disable=unused-import  (public)
-from tapir.models import refinement
+from tapir.models import families
+from tapir.models.families import normalize_settings  # pylint: disable=unused-import  (public)
 
 Params = Mapping[str, Mapping[str, Any]]
 
-# Constructor settings of the released models, by preset name. Adding a released model is one entry here.
-PRESETS: dict[str, dict[str, Any]] = {
-    'tapir': dict(pyramid_level=0),
-    'causal_tapir': dict(pyramid_level=1, use_causal_conv=True),
-    'bootstapir': dict(pyramid_level=1, extra_convs=True, softmax_temperature=10.0),
-    'causal_bootstapir': dict(pyramid_level=1, extra_convs=True, softmax_temperature=10.0, use_causal_conv=True),
-}
+# Constructor settings of the released models, by preset name, across families (`tapir.models.families`).
+PRESETS = families.PRESETS
 
 MODEL_KWARGS_KEY = 'tapir_model_kwargs'  # official format: the optional entry with the constructor settings
+FAMILY_KEY = 'model_family'  # both formats: the stored model family (`tapir.models.families`), among the extras
 
 
 class CheckpointContents(NamedTuple):
   params: dict  # {module_path: {name: np.ndarray}}
   state: dict  # Haiku state, same layout ({} for the released TAPIR checkpoints)
-  model_kwargs: dict[str, Any] | None  # the `tapir.TAPIR` settings our trainer stores; None in released files
+  model_kwargs: dict[str, Any] | None  # the model's constructor settings our trainer stores; None in released files
   format: str = 'official'  # 'official' (.npy pickle) or 'tapir' (our .npz)
   extra: dict | None = None  # other stored entries, e.g. {'global_step': 100}
+  family: str | None = None  # 'tapir' / 'tapnet': stored, else read off the module paths; None if neither
 
 
 def _to_numpy_tree(tree: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, np.ndarray]]:
   return {module: {name: np.asarray(value) for name, value in leaves.items()} for module, leaves in tree.items()}
-
-
-def normalize_settings(value: Any) -> Any:
-  """Lists -> tuples (recursively), numpy scalars -> Python, so stored settings compare equal to configs."""
-  if isinstance(value, (list, tuple)):
-    return tuple(normalize_settings(v) for v in value)
-  if isinstance(value, Mapping):
-    return {k: normalize_settings(v) for k, v in value.items()}
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
 
 
 def _check_tree(path: str, what: str, tree: Any, allow_empty: bool) -> None:
@@ -85,8 +68,14 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     raise FileNotFoundError(f'checkpoint not found: {path}')
   with open(path, 'rb') as f:
     magic = f.read(len(checkpoint_io.NPY_MAGIC))
+    head = magic + f.read(10)  # safetensors: 8-byte header length, then '{'
     f.seek(0)
-    if magic.startswith(checkpoint_io.ZIP_MAGIC):
+    if checkpoint_torch.is_safetensors(head) or (magic.startswith(checkpoint_io.ZIP_MAGIC)
+                                                 and checkpoint_torch.is_torch_zip(path)):
+      fmt = 'safetensors' if checkpoint_torch.is_safetensors(head) else 'torch'  # the PyTorch port's weights
+      params, state, kwargs = checkpoint_torch.read_torch_checkpoint(path)
+      extra = {}
+    elif magic.startswith(checkpoint_io.ZIP_MAGIC):
       params, state, kwargs, extra = checkpoint_io.read_npz(path)
       kwargs = None if kwargs is None else normalize_settings(kwargs)
       fmt = 'tapir'
@@ -96,8 +85,12 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
       if not isinstance(content, Mapping) or 'params' not in content:
         raise ValueError(f"{path} is not a TAPIR checkpoint: expected a pickled dict with 'params' (and 'state'); "
                          f'got {type(content).__name__}')
-      params, state = content['params'], content.get('state') or {}
+      params, state = content['params'], content.get('state')
+      state = {} if state is None else state
       kwargs = content.get(MODEL_KWARGS_KEY)
+      if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ValueError(f"{path}: '{MODEL_KWARGS_KEY}' must be a dict of constructor settings; got "
+                         f'{type(kwargs).__name__}')
       kwargs = None if kwargs is None else normalize_settings(dict(kwargs))
       extra = {k: normalize_settings(v) for k, v in content.items()
                if k not in ('params', 'state', MODEL_KWARGS_KEY)}
@@ -106,7 +99,13 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
                        f'(ours); it starts with {magic!r}')
   _check_tree(path, 'params', params, allow_empty=False)
   _check_tree(path, 'state', state, allow_empty=True)
-  return CheckpointContents(_to_numpy_tree(params), _to_numpy_tree(state), kwargs, fmt, extra)
+  extra = dict(extra)
+  family = extra.pop(FAMILY_KEY, None)
+  if family is None:
+    family = next((f.name for f in families.FAMILIES.values() if f.owns(params)), None)
+  elif family not in families.FAMILIES:
+    raise ValueError(f'{path}: stored model family {family!r} is not one of {sorted(families.FAMILIES)}')
+  return CheckpointContents(_to_numpy_tree(params), _to_numpy_tree(state), kwargs, fmt, extra, family)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -117,14 +116,16 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
 
 def save_checkpoint(path: str | os.PathLike, params: Params, state: Params | None = None, *,
                     format: str = 'tapir',  # pylint: disable=redefined-builtin
-                    model_kwargs: Mapping[str, Any] | None = None, **extra) -> None:
+                    model_kwargs: Mapping[str, Any] | None = None, family: str | None = None, **extra) -> None:
   """Writes params/state atomically (temporary file, fsync, rename), whatever the file name says.
 
   Args:
     format: 'tapir' (default): our pickle-free `.npz`; 'official': the released `.npy` pickle, for the
       reference code (its loader reads only 'params' and 'state').
-    model_kwargs: the `tapir.TAPIR` settings, making the file self-describing (`resolve_model_kwargs`). Also
-      accepted as the extra `tapir_model_kwargs=...` (`MODEL_KWARGS_KEY`).
+    model_kwargs: the model's constructor settings, making the file self-describing (`resolve_model_kwargs`).
+      Also accepted as the extra `tapir_model_kwargs=...` (`MODEL_KWARGS_KEY`).
+    family: the model family ('tapir', 'tapnet'), stored beside the settings; by default read off the
+      parameters' module paths (and not stored when they belong to no known family).
     extra: JSON-able values stored beside the weights, e.g. `global_step`.
   """
   path = os.fspath(path)
@@ -136,6 +137,15 @@ def save_checkpoint(path: str | os.PathLike, params: Params, state: Params | Non
   state = _to_numpy_tree(jax.device_get(state or {}))
   if not params:
     raise ValueError('params is empty: nothing to save')
+  if family is not None:
+    families.get(family)  # ValueError naming the known families
+    if not families.get(family).owns(params):
+      raise ValueError(f'family={family!r} but the parameters are not a {family} model\'s (module paths '
+                       f'{sorted(params)[:2]}...)')
+  else:
+    family = next((f.name for f in families.FAMILIES.values() if f.owns(params)), None)
+  if family is not None:
+    extra[FAMILY_KEY] = family
   if format == 'official':
     content = {'params': params, 'state': state, **extra}
     if model_kwargs is not None:
@@ -151,23 +161,27 @@ def save_checkpoint(path: str | os.PathLike, params: Params, state: Params | Non
 
 def tapir_defaults() -> dict[str, Any]:
   """`tapir.TAPIR`'s constructor defaults."""
-  from tapir.models import tapir as tapir_lib  # pylint: disable=g-import-not-at-top
-  signature = inspect.signature(tapir_lib.TAPIR.__init__)
-  return {k: normalize_settings(p.default) for k, p in signature.parameters.items()
-          if p.default is not inspect.Parameter.empty}
+  return families.get('tapir').defaults()
 
 
-# Settings that change how the same numbers are computed (memory, formulation), not the model: a caller's value
-# never contradicts a checkpoint's and is applied on top of stored settings.
-EXECUTION_SETTINGS = frozenset({'remat_refinement', 'bilinear_interp_with_depthwise_conv', 'cross_replica_axis',
-                                'feature_extractor_chunk_size', 'parallelize_query_extraction'})
+def _family_for(preset: str | Mapping[str, Any] | None, family: str | None,
+                params: Params | None) -> families.ModelFamily:
+  """The family a request is about: the preset's, else the one named, else the parameters', else TAPIR."""
+  found = [f for f in (families.of_preset(preset) if isinstance(preset, str) else None,
+                       families.get(family) if family else None) if f is not None]
+  if params and not found:
+    found.append(families.of_params(params))
+  if len({f.name for f in found}) > 1:
+    raise ValueError(f'preset {preset!r} belongs to family {found[0].name!r} but the checkpoint is a '
+                     f'{found[1].name!r} model')
+  return found[0] if found else families.get('tapir')
 
 
-def _conflicts(stored: Mapping[str, Any], named: Mapping[str, Any]) -> list[str]:
-  defaults = tapir_defaults()
+def _conflicts(family: families.ModelFamily, stored: Mapping[str, Any], named: Mapping[str, Any]) -> list[str]:
+  defaults = family.defaults()
   out = []
   for key, value in sorted(named.items()):
-    if key in EXECUTION_SETTINGS:
+    if key in family.execution_settings:
       continue
     have = normalize_settings(stored.get(key, defaults.get(key)))
     if have != normalize_settings(value):
@@ -177,158 +191,124 @@ def _conflicts(stored: Mapping[str, Any], named: Mapping[str, Any]) -> list[str]
 
 def preset_kwargs(preset: str, **overrides) -> dict[str, Any]:
   """The constructor settings of a preset (`PRESETS`), `overrides` on top."""
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
+  families.of_preset(preset)  # ValueError naming the presets for an unknown one
   return {**PRESETS[preset], **overrides}
 
 
-def preset_of(model_kwargs: Mapping[str, Any]) -> str | None:
-  """The preset whose every setting `model_kwargs` has (absent keys: TAPIR's defaults), or None."""
-  for name, settings in PRESETS.items():
-    if not _conflicts(model_kwargs, settings):
+def preset_of(model_kwargs: Mapping[str, Any], family: str = 'tapir') -> str | None:
+  """The preset of `family` whose every setting `model_kwargs` has (absent keys: defaults), or None."""
+  fam = families.get(family)
+  for name, settings in fam.presets.items():
+    if not _conflicts(fam, model_kwargs, settings):
       return name
   return None
 
 
-def _fits(params: Params, model_kwargs: Mapping[str, Any]) -> bool:
-  want = _expected_shapes_cached(_freeze(model_kwargs))
-  have = {m: {n: tuple(np.shape(v)) for n, v in leaves.items()} for m, leaves in params.items()}
-  return want == have
+def _shape_tree(tree: Params) -> dict:
+  return {m: {n: tuple(np.shape(v)) for n, v in leaves.items()} for m, leaves in tree.items()}
 
 
-def _shows_in_layout(preset: str, overrides: Mapping[str, Any]) -> bool:
+def _fits(family: families.ModelFamily, params: Params, model_kwargs: Mapping[str, Any]) -> bool:
+  return family.expected_shapes(model_kwargs)[0] == _shape_tree(params)
+
+
+def _shows_in_layout(family: families.ModelFamily, preset: str, overrides: Mapping[str, Any]) -> bool:
   """Whether every non-default setting of the preset changes the parameter layout (so the layout implies it)."""
-  defaults = tapir_defaults()
-  settings = {**PRESETS[preset], **overrides}
-  shapes = _expected_shapes_cached(_freeze(settings))
-  for key, value in PRESETS[preset].items():
+  defaults = family.defaults()
+  settings = {**family.presets[preset], **overrides}
+  shapes = family.expected_shapes(settings)
+  for key, value in family.presets[preset].items():
     if key not in overrides and normalize_settings(value) != defaults.get(key):
       without = {k: v for k, v in settings.items() if k != key}
-      if _expected_shapes_cached(_freeze(without)) == shapes:
+      if family.expected_shapes(without) == shapes:
         return False
   return True
 
 
 def resolve_model_kwargs(stored: Mapping[str, Any] | None, preset: str | Mapping[str, Any] | None = None,
-                         params: Params | None = None,
-                         overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """The one architecture rule: which `tapir.TAPIR` settings a checkpoint is run with.
+                         params: Params | None = None, overrides: Mapping[str, Any] | None = None,
+                         family: str | None = None) -> dict[str, Any]:
+  """The one architecture rule: which constructor settings a checkpoint is run with, for every model family.
 
   Args:
     stored: the settings stored in the checkpoint (`CheckpointContents.model_kwargs`), None for released files.
     preset: a `PRESETS` name, or the full settings a caller was configured with (fine-tuning), or None.
     params: the checkpoint's parameters; needed only when neither `stored` nor `preset` is given.
     overrides: settings on top of the preset (e.g. a tiny architecture for tests).
+    family: the model family (`tapir.models.families`); by default the preset's, else the parameters'.
   Returns:
     `stored` when there is one (any preset or override must agree with it: ValueError naming both otherwise);
     else the preset's settings with `overrides`; else the one preset the parameter layout implies.
   Raises:
-    ValueError: contradiction, unknown preset, or a layout that does not determine the architecture (the
-      message lists the presets that fit).
+    ValueError: contradiction, unknown preset, a preset of another family, or a layout that does not determine
+      the architecture (the message lists the presets that fit).
   """
+  fam = _family_for(preset, family, params)
   overrides = dict(overrides or {})
   named = dict(preset) if isinstance(preset, Mapping) else None
   if isinstance(preset, str):
     named = preset_kwargs(preset)
   if stored is not None:
     stored = normalize_settings(dict(stored))
-    conflicts = _conflicts(stored, {**(named or {}), **overrides})
+    conflicts = _conflicts(fam, stored, {**(named or {}), **overrides})
     if conflicts:
       what = f'preset {preset!r} contradicts' if isinstance(preset, str) else 'the requested settings contradict'
       raise ValueError(f'{what} the settings stored in the checkpoint: ' + '; '.join(conflicts) +
                        '. The stored settings describe the trained model: drop the preset/overrides or fix them.')
-    execution = {k: v for k, v in {**(named or {}), **overrides}.items() if k in EXECUTION_SETTINGS}
+    execution = {k: v for k, v in {**(named or {}), **overrides}.items() if k in fam.execution_settings}
     return {**stored, **normalize_settings(execution)}
   if named is not None:
     return normalize_settings({**named, **overrides})
   if params is None:
-    raise ValueError('the checkpoint stores no model settings: name a preset (one of '
-                     f'{sorted(PRESETS)})')
-  fitting = [name for name in PRESETS if _fits(params, {**PRESETS[name], **overrides})]
-  if len(fitting) == 1 and _shows_in_layout(fitting[0], overrides):
+    raise ValueError(f'the checkpoint stores no model settings: name a preset (one of {sorted(fam.presets)})')
+  fitting = [name for name in fam.presets if _fits(fam, params, {**fam.presets[name], **overrides})]
+  if len(fitting) == 1 and _shows_in_layout(fam, fitting[0], overrides):
     logging.info('checkpoint stores no settings; its parameter layout is that of preset %r', fitting[0])
-    return normalize_settings({**PRESETS[fitting[0]], **overrides})
+    return normalize_settings({**fam.presets[fitting[0]], **overrides})
   if not fitting:
     raise ValueError('the checkpoint stores no model settings and its parameter layout fits none of the presets '
-                     f'{sorted(PRESETS)}' + (f' (with overrides {overrides})' if overrides else ''))
+                     f'{sorted(fam.presets)}' + (f' (with overrides {overrides})' if overrides else ''))
   raise ValueError('the checkpoint stores no model settings and its parameter layout does not determine the '
                    f'architecture: it fits preset(s) {fitting}, whose softmax temperature / causality cannot be '
                    'read off parameter shapes; name the preset')
 
 
-
-def _freeze(kwargs: Mapping[str, Any]) -> str:
-  return json.dumps(normalize_settings(dict(kwargs)), sort_keys=True)
-
-
-@functools.lru_cache(maxsize=64)
-def _expected_shapes_cached(frozen: str) -> dict[str, dict[str, tuple[int, ...]]]:
-  return expected_shapes(normalize_settings(json.loads(frozen)))
+def expected_shapes(model_kwargs: Mapping[str, Any], family: str = 'tapir') -> dict[str, dict[str, tuple[int, ...]]]:
+  """Parameter shapes of the family's model built with `model_kwargs` (computed abstractly, no memory or FLOPs)."""
+  return families.get(family).expected_shapes(model_kwargs)[0]
 
 
-def _settings_seen_in_shapes(params: Params) -> dict[str, Any]:
-  """The settings parameter shapes show (not an architecture: temperature and causality never show)."""
-  mixer = params.get('tapir/~/pips_mlp_mixer/linear')
-  if mixer is None:
-    raise ValueError('parameters have no tapir/~/pips_mlp_mixer/linear: not a TAPIR checkpoint')
-  in_width, hidden = mixer['w'].shape
-  pyramid_level = (in_width - refinement.mixer_input_width(0)) // refinement.PATCH_WIDTH**2
-  num_blocks = sum(1 for k in params if k.startswith('tapir/~/pips_mlp_mixer/block') and k.endswith('/mlp2_up'))
-  blocks_per_group = tuple(
-      sum(1 for k in params if k.startswith(f'tapir/~/resnet/~/block_group_{g}/~/block_') and k.endswith('/conv_0'))
-      for g in range(4))
-  normalization = 'batchnorm' if any('/batchnorm_0' in k for k in params) else 'instancenorm'
-  num_extra = sum(1 for k in params if k.startswith('tapir/~/extra_convs/layer_norm'))
-  kwargs = dict(pyramid_level=int(pyramid_level), mixer_hidden_dim=int(hidden), num_mixer_blocks=num_blocks,
-                blocks_per_group=blocks_per_group, normalization=normalization, extra_convs=num_extra > 0)
-  if num_extra:
-    kwargs['extra_convs_kwargs'] = dict(num_layers=num_extra)
-  return kwargs
-
-
-def expected_shapes(model_kwargs: Mapping[str, Any]) -> dict[str, dict[str, tuple[int, ...]]]:
-  """Parameter shapes of `tapir.TAPIR(**model_kwargs)` (computed abstractly, no memory or FLOPs)."""
-  from tapir.models import tapir as tapir_lib  # pylint: disable=g-import-not-at-top
-
-  kwargs = dict(model_kwargs)
-  kwargs['initial_resolution'] = (16, 16)  # shapes do not depend on the resolution
-
-  def forward(video, queries):
-    return tapir_lib.TAPIR(**kwargs)(video, is_training=False, query_points=queries)
-
-  init = hk.transform_with_state(forward).init
-  video = jax.ShapeDtypeStruct((1, 2, 16, 16, 3), jnp.float32)
-  queries = jax.ShapeDtypeStruct((1, 1, 3), jnp.float32)
-  params, _ = jax.eval_shape(init, jax.random.PRNGKey(0), video, queries)
-  return {m: {n: tuple(v.shape) for n, v in leaves.items()} for m, leaves in params.items()}
-
-
-def check_params(params: Params, model_kwargs: Mapping[str, Any]) -> None:
-  """Raises ValueError listing missing, unexpected and mis-shaped parameters, with likely settings."""
-  want = expected_shapes(model_kwargs)
-  have = {m: {n: tuple(np.shape(v)) for n, v in leaves.items()} for m, leaves in params.items()}
+def check_params(params: Params, model_kwargs: Mapping[str, Any], state: Params | None = None,
+                 family: str = 'tapir') -> None:
+  """Raises ValueError listing missing, unexpected and mis-shaped parameters (and, for families whose layout
+  includes it, Haiku state), with the settings the parameter shapes suggest."""
+  fam = families.get(family)
+  want_params, want_state = fam.expected_shapes(model_kwargs)
+  trees = [('params ' if fam.checks_state else '', want_params, params)]
+  if fam.checks_state:
+    trees.append(('state ', want_state, state or {}))
   flat = lambda tree: {f'{m}/{n}': s for m, leaves in tree.items() for n, s in leaves.items()}
-  want_flat, have_flat = flat(want), flat(have)
-  missing = sorted(set(want_flat) - set(have_flat))
-  unexpected = sorted(set(have_flat) - set(want_flat))
-  misshaped = sorted(k for k in set(want_flat) & set(have_flat) if want_flat[k] != have_flat[k])
-  if not (missing or unexpected or misshaped):
-    return
-  lines = ['checkpoint does not fit TAPIR(' + ', '.join(f'{k}={v!r}' for k, v in sorted(model_kwargs.items())) +
-           ')']
   show = lambda names: ', '.join(names[:8]) + (f', ... ({len(names)} in all)' if len(names) > 8 else '')
-  if missing:
-    lines.append(f'  missing: {show(missing)}')
-  if unexpected:
-    lines.append(f'  unexpected: {show(unexpected)}')
-  if misshaped:
-    lines.append('  mis-shaped: ' + show([f'{k} {have_flat[k]} (model wants {want_flat[k]})' for k in misshaped]))
-  try:
-    seen = _settings_seen_in_shapes(params)
-    defaults = tapir_defaults()
-    hints = {k: v for k, v in seen.items() if normalize_settings(model_kwargs.get(k, defaults.get(k))) != v}
-    if hints:
-      lines.append('  the checkpoint looks like: ' + ', '.join(f'{k}={v!r}' for k, v in sorted(hints.items())))
-  except ValueError:
-    pass
+  lines = []
+  for what, want, have in trees:
+    want_flat, have_flat = flat(want), flat(_shape_tree(have))
+    missing = sorted(set(want_flat) - set(have_flat))
+    unexpected = sorted(set(have_flat) - set(want_flat))
+    misshaped = sorted(k for k in set(want_flat) & set(have_flat) if want_flat[k] != have_flat[k])
+    if missing:
+      lines.append(f'  {what}missing: {show(missing)}')
+    if unexpected:
+      lines.append(f'  {what}unexpected: {show(unexpected)}')
+    if misshaped:
+      lines.append(f'  {what}mis-shaped: ' +
+                   show([f'{k} {have_flat[k]} (model wants {want_flat[k]})' for k in misshaped]))
+  if not lines:
+    return
+  settings = ', '.join(f'{k}={v!r}' for k, v in sorted(model_kwargs.items()))
+  lines.insert(0, f'checkpoint does not fit {fam.module.__name__}({settings})')
+  defaults = fam.defaults()
+  seen = fam.settings_seen_in_shapes(params)
+  hints = {k: v for k, v in seen.items() if normalize_settings(model_kwargs.get(k, defaults.get(k))) != v}
+  if hints:
+    lines.append('  the checkpoint looks like: ' + ', '.join(f'{k}={v!r}' for k, v in sorted(hints.items())))
   raise ValueError('\n'.join(lines))

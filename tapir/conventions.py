@@ -51,6 +51,33 @@ def convert_grid_coordinates(
   return coords * out_size / in_size
 
 
+def rescale_tyx(
+    points: jax.Array,  # [..., 3] (t, y, x)
+    from_hw: Sequence[float],  # (height, width) the points are pixels of
+    to_hw: Sequence[float],
+) -> jax.Array:  # [..., 3] (t, y, x), frame indices unchanged
+  """Query points from pixels of a `from_hw` frame to pixels of a `to_hw` frame (pure multiplication)."""
+  return convert_grid_coordinates(points, (1, *from_hw), (1, *to_hw))
+
+
+def rescale_xy(
+    tracks: jax.Array,  # [..., 2] (x, y)
+    from_hw: Sequence[float],  # (height, width) the tracks are pixels of
+    to_hw: Sequence[float],
+) -> jax.Array:  # [..., 2] (x, y)
+  """Track positions from pixels of a `from_hw` frame to pixels of a `to_hw` frame (pure multiplication)."""
+  return convert_grid_coordinates(tracks, tuple(from_hw)[::-1], tuple(to_hw)[::-1])
+
+
+def xy_of_tyx(points: jax.Array) -> jax.Array:  # [..., 3] (t, y, x) -> [..., 2] (x, y)
+  """The (x, y) position of (t, y, x) query points: the order tracks use."""
+  return points[..., 2:0:-1]
+
+
+def xy_of_yx(points: jax.Array) -> jax.Array:  # [..., 2] (y, x) -> [..., 2] (x, y)
+  return points[..., ::-1]
+
+
 def frames_to_model_input(frames: np.ndarray) -> np.ndarray:
   """uint8 [..., 3] in [0, 255] -> float32 in [-1, 1]."""
   if frames.dtype != np.uint8:

@@ -148,10 +148,11 @@ def test_official_export_round_trips_and_reads_in_the_reference_way(tmp_path, sm
   tapir.save_checkpoint(path, params, state, format='official', global_step=7,
                         **{checkpoint.MODEL_KWARGS_KEY: SMALL_KWARGS})
   raw = np.load(path, allow_pickle=True).item()  # the reference loader's way
-  assert set(raw) == {'params', 'state', 'global_step', checkpoint.MODEL_KWARGS_KEY} and raw['global_step'] == 7
+  assert set(raw) == {'params', 'state', 'global_step', checkpoint.MODEL_KWARGS_KEY, checkpoint.FAMILY_KEY}
+  assert raw['global_step'] == 7 and raw[checkpoint.FAMILY_KEY] == 'tapir'
   contents = checkpoint.read_checkpoint(path)
   assert contents.format == 'official' and contents.model_kwargs == SMALL_KWARGS
-  assert contents.extra == {'global_step': 7}
+  assert contents.extra == {'global_step': 7} and contents.family == 'tapir'
   _equal_trees(contents.params, params)
 
 

@@ -59,13 +59,14 @@ def _in(module: str, package: str) -> bool:
 # The README's code map, bottom up: a module may import its own layer and the layers before it, never a later one.
 LAYERS = (
     ('tapir.conventions',),
-    ('tapir.safe_pickle', 'tapir.video'),
+    ('tapir.safe_pickle', 'tapir.video', 'tapir.config_fields'),
     ('tapir.losses', 'tapir.metrics'),
     ('tapir.models',),
     ('tapir.data',),
-    ('tapir.checkpoint', 'tapir.checkpoint_io'),
+    ('tapir.checkpoint', 'tapir.checkpoint_io', 'tapir.checkpoint_torch'),
     ('tapir.tracking',),
     ('tapir.evaluation',),
+    ('tapir.export',),
     ('tapir.training',),
 )
 

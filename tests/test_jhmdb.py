@@ -91,7 +91,7 @@ def test_evaluate_and_runner_on_jhmdb(tmp_path):
   assert result.mean['pck@0.5'] > result.mean['pck@0.1'] > 0
 
   config = ml_collections.ConfigDict(dict(
-      checkpoint='', preset='tapir', dataset='jhmdb', path=str(root), query_modes=('first',), resolution=(32, 32),
+      checkpoint='', preset='tapir', dataset='jhmdb', path=str(root), query_modes=('first',), resolution_hw=(32, 32),
       full_resolution=False, query_chunk_size=8, baselines=('zero_motion',)))
   eval_runner.run(config, str(tmp_path / 'out'))
   saved = json.loads((tmp_path / 'out' / 'jhmdb_zero_motion.json').read_text())

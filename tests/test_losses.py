@@ -57,7 +57,7 @@ def test_uncertainty_target_crosses_at_6px(error, far):
   points = np.array([[[[error, 0.0]]]])
   logit = 1.5
   _, _, unc = _loss(points, target, np.zeros((1, 1, 1), bool), expected_dist=jnp.full((1, 1, 1), logit),
-                    expected_dist_thresh=6.0)
+                    expected_dist_threshold=6.0)
   expected = -far * np.log(1 / (1 + np.exp(-logit))) - (1 - far) * np.log(1 / (1 + np.exp(logit)))
   np.testing.assert_allclose(unc, expected, rtol=1e-5)
 
@@ -69,14 +69,25 @@ def test_uncertainty_does_not_train_positions():
   np.testing.assert_array_equal(grad, 0.0)
 
 
-def test_tapnet_loss_has_the_reference_signature():
+def test_tapnet_loss_keeps_the_reference_order_with_the_library_names():
   names = list(inspect.signature(losses.tapnet_loss).parameters)
   assert names == ['points', 'occlusion', 'target_points', 'target_occ', 'shape', 'mask', 'expected_dist',
-                   'position_loss_weight', 'expected_dist_thresh', 'huber_loss_delta', 'rebalance_factor',
-                   'occlusion_loss_mask']
+                   'position_loss_weight', 'expected_dist_threshold', 'huber_delta', 'rebalance_factor',
+                   'occlusion_loss_mask', 'renamed']
   defaults = {k: p.default for k, p in inspect.signature(losses.tapnet_loss).parameters.items()}
-  assert (defaults['position_loss_weight'], defaults['expected_dist_thresh'], defaults['huber_loss_delta']) == (
+  assert (defaults['position_loss_weight'], defaults['expected_dist_threshold'], defaults['huber_delta']) == (
       0.05, 6.0, 4.0)
+  # The reference's keyword names still work, with a warning naming the new ones.
+  rng = np.random.default_rng(0)
+  args = (rng.normal(0, 20, (1, 2, 3, 2)), rng.normal(size=(1, 2, 3)), rng.normal(0, 20, (1, 2, 3, 2)),
+          rng.uniform(size=(1, 2, 3)) < 0.3, (1, 3, 64, 64, 3))
+  kwargs = dict(expected_dist=rng.normal(size=(1, 2, 3)))
+  new = losses.tapnet_loss(*args, **kwargs, huber_delta=2.0, expected_dist_threshold=3.0)
+  with pytest.warns(DeprecationWarning, match='huber_loss_delta is now called huber_delta'):
+    old = losses.tapnet_loss(*args, **kwargs, huber_loss_delta=2.0, expected_dist_thresh=3.0)
+  np.testing.assert_array_equal(new, old)
+  with pytest.raises(TypeError, match='huber_detla'):
+    losses.tapnet_loss(*args, huber_detla=2.0)
 
 
 def test_tapnet_loss_defaults_by_hand():

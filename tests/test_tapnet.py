@@ -14,6 +14,8 @@ import pytest
 
 import tapir
 from tapir.tracking import tapnet as tapnet_tracker
+from tapir import checkpoint
+from tapir import losses
 from tapir.models import tapnet
 from tapir.models import tsm_resnet
 from tests.conftest import REPO
@@ -22,7 +24,7 @@ FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'  # copied from .
 
 
 @pytest.fixture(scope='module')
-def checkpoint():
+def checkpoint_tree():
   return tapir.load_checkpoint(FIXTURES / 'tapnet_checkpoint_small.npy')
 
 
@@ -34,11 +36,11 @@ def _apply(params, state, video, queries, chunk=None, **kwargs):
   return jax.device_get(out)
 
 
-def test_parity_with_official_tapnet(checkpoint, xla_optimisations):
+def test_parity_with_official_tapnet(checkpoint_tree, xla_optimisations):
   del xla_optimisations
   spec = json.loads((FIXTURES / 'tapnet_small.json').read_text())
   golden = np.load(FIXTURES / 'tapnet_small.npz')
-  params, state = checkpoint
+  params, state = checkpoint_tree
   kwargs = {k: v for k, v in spec['tapnet_kwargs'].items()}
   model = hk.transform_with_state(lambda v, q: tapir.TAPNet(**kwargs)(v, query_points=q, **spec['call']))
   out, _ = jax.jit(model.apply)(params, state, None, golden['video'], golden['query_points'])
@@ -57,8 +59,8 @@ def test_parity_with_official_tapnet(checkpoint, xla_optimisations):
   assert again['query_feats'].shape == (1, 6, 256)
 
 
-def test_non_square_video_and_other_frame_counts(checkpoint):
-  params, state = checkpoint
+def test_non_square_video_and_other_frame_counts(checkpoint_tree):
+  params, state = checkpoint_tree
   rng = np.random.default_rng(1)
   video = rng.uniform(-1, 1, (2, 5, 40, 100, 3)).astype(np.float32)
   queries = np.stack([rng.integers(0, 5, (2, 7)), rng.uniform(0, 40, (2, 7)), rng.uniform(0, 100, (2, 7))],
@@ -108,24 +110,24 @@ def test_bad_arguments_raise():
         v, False, np.zeros((1, 1, 3), np.float32))).init(None, np.zeros((4, 16, 16, 3), np.float32))
 
 
-def test_checkpoint_mismatch_lists_missing_unexpected_and_misshaped(checkpoint):
-  params, state = checkpoint
-  tapnet.check_params(params, state)  # the released layout fits the default constructor
+def test_checkpoint_mismatch_lists_missing_unexpected_and_misshaped(checkpoint_tree):
+  params, state = checkpoint_tree
+  checkpoint.check_params(params, {}, state, family='tapnet')  # the released layout fits the default constructor
   params = {k: dict(v) for k, v in params.items()}
   del params['tap_net/~/occlusion_out']
   params['tap_net/~/extra'] = {'w': np.zeros(3)}
   params['tap_net/~/cost_volume_regression_1'] = {'w': np.zeros((1, 3, 3, 2, 16)), 'b': np.zeros(16)}
   with pytest.raises(ValueError) as error:
-    tapnet.check_params(params, state)
+    checkpoint.check_params(params, {}, state, family='tapnet')
   message = str(error.value)
   assert 'missing: tap_net/~/occlusion_out/b, tap_net/~/occlusion_out/w' in message
   assert 'unexpected: tap_net/~/extra/w' in message
   assert 'cost_volume_regression_1/w (1, 3, 3, 2, 16) (model wants (1, 3, 3, 1, 16))' in message
   with pytest.raises(ValueError, match='state missing'):
-    tapnet.check_params(checkpoint[0], {})
+    checkpoint.check_params(checkpoint_tree[0], {}, {}, family='tapnet')
   with pytest.raises(ValueError, match=r'TAPNet\(num_heads=2\)\n  params mis-shaped: .*cost_volume_regression_1/w'):
-    tapnet.check_params(checkpoint[0], state, dict(num_heads=2))
-  n = sum(np.size(a) for leaves in checkpoint[0].values() for a in leaves.values())
+    checkpoint.check_params(checkpoint_tree[0], dict(num_heads=2), state, family='tapnet')
+  n = sum(np.size(a) for leaves in checkpoint_tree[0].values() for a in leaves.values())
   assert n == 2_791_090
 
 
@@ -176,7 +178,7 @@ def test_reference_recipe_config():
   from configs import tapnet as tapnet_configs  # pylint: disable=g-import-not-at-top
   from tapir.training import state as training  # pylint: disable=g-import-not-at-top
   config = tapnet_configs.get_config()
-  assert training.model_kind(config) == 'tapnet' and config.model.to_dict() == dict(
+  assert config.task == 'tapnet' and config.model.to_dict() == dict(
       feature_grid_stride=8, num_heads=1, cross_replica_axis='i', num_frames=24)
   schedule = training.learning_rate_schedule(config.optimizer)
   assert config.optimizer.training_steps == 100_000
@@ -189,14 +191,13 @@ def test_reference_recipe_config():
 
 
 def test_loss_is_the_single_reference_term():
-  from tapir.training import state as training  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   tracks = rng.uniform(0, 64, (1, 3, 4, 2)).astype(np.float32)
   target = tracks + rng.normal(0, 6, tracks.shape).astype(np.float32)  # some errors beyond the Huber delta
   occ_logit = rng.normal(size=(1, 3, 4)).astype(np.float32)
   occluded = rng.uniform(size=(1, 3, 4)) < 0.3
-  terms = training.tapnet_loss_terms({'tracks': tracks, 'occlusion': occ_logit}, target, occluded,
-                                     (1, 4, 64, 64, 3))
+  terms = losses.tapnet_loss_terms({'tracks': tracks, 'occlusion': occ_logit}, target, occluded,
+                                   (1, 4, 64, 64, 3))
   err = np.linalg.norm((tracks - target) * 4, axis=-1)  # 64 -> 256 raster
   huber = np.where(err < 4, err**2 / 2, 4 * (err - 2)) * ~occluded
   p = 1 / (1 + np.exp(-occ_logit.astype(np.float64)))
@@ -215,8 +216,10 @@ def test_two_step_training_smoke(tmp_path):
   assert result['metrics']['uncertainty_loss'] == 0.0
   assert 0.0 <= result['eval']['average_jaccard'] <= 1.0 and 'baseline_average_jaccard' in result['eval']
   assert result['exported'].endswith('tapnet_checkpoint.npz')
-  params, state = tapir.load_checkpoint(result['exported'])
-  tapnet.check_params(params, state)
+  contents = checkpoint.read_checkpoint(result['exported'])
+  params, state = contents.params, contents.state
+  assert contents.family == 'tapnet' and contents.model_kwargs == dict(config.model)
+  checkpoint.check_params(params, contents.model_kwargs, state, family='tapnet')
   counters = [v['counter'] for k, v in state.items() if k.endswith('mean_ema')]
   assert len(counters) == 12 and all(int(c) == 2 for c in counters)  # one EMA update per training step
   tracker = tapnet_tracker.TAPNetTracker(params, state, resolution=(32, 32))
@@ -226,8 +229,8 @@ def test_two_step_training_smoke(tmp_path):
   np.testing.assert_allclose(tracks[0, 0], [5.5, 10.5], atol=1e-4)  # the query itself at its frame
 
 
-def test_tracker_matches_the_model_and_maps_back_to_video_pixels(checkpoint):
-  params, state = checkpoint
+def test_tracker_matches_the_model_and_maps_back_to_video_pixels(checkpoint_tree):
+  params, state = checkpoint_tree
   golden = np.load(FIXTURES / 'tapnet_small.npz')
   video = np.round((golden['video'][0] + 1) / 2 * 255).astype(np.uint8)  # [8, 64, 64, 3]
   queries = golden['query_points'][0]

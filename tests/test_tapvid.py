@@ -123,8 +123,8 @@ def test_kinetics_shards_with_jpeg_frames(tmp_path):
 
 
 def _write_mp4(path, frames):
-  from tapir.tracking import cli as track_video  # pylint: disable=g-import-not-at-top
-  track_video.ensure_ffmpeg()
+  from tapir import video as video_io  # pylint: disable=g-import-not-at-top
+  video_io.ensure_ffmpeg()
   mediapy.write_video(path, frames, fps=10)
 
 

@@ -14,6 +14,7 @@ import pytest
 import tapir
 from tapir.tracking import cli as track_video
 from tapir import video as video_io
+from tapir.tracking import queries as queries_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def video_path(tmp_path_factory):
   coarse = rng.integers(0, 256, (T, H // 8, W // 8, 3), dtype=np.uint8)
   video = np.kron(coarse, np.ones((1, 8, 8, 1), np.uint8))  # blocky, survives compression
   path = tmp_path_factory.mktemp('video') / 'in.mp4'
-  track_video.write_video(path, video, fps=12)
+  video_io.write_video(path, video, fps=12)
   return str(path)
 
 
@@ -53,13 +54,13 @@ def _run_file(video_path, checkpoint, tmp_path, **kwargs):
 
 
 def test_read_video_keeps_size_and_fps(video_path):
-  video, fps = track_video.read_video(video_path)
+  video, fps = video_io.read_video(video_path)
   assert video.shape == (T, H, W, 3) and video.dtype == np.uint8
   assert fps == pytest.approx(12)
 
 
 def test_grid_points_cover_the_frame():
-  q = track_video.grid_points((H, W), 4)
+  q = queries_lib.grid_points((H, W), 4)
   assert q.shape == (16, 3) and (q[:, 0] == 0).all()
   assert ((q[:, 1:] % 1) == 0.5).all()  # pixel centres
   assert (q[:, 1] > 0).all() and (q[:, 1] < H).all() and (q[:, 2] > 0).all() and (q[:, 2] < W).all()
@@ -67,24 +68,24 @@ def test_grid_points_cover_the_frame():
 
 
 def test_parse_points():
-  np.testing.assert_array_equal(track_video.parse_points('0,1.5,2; 3,4,5.25;'), [[0, 1.5, 2], [3, 4, 5.25]])
+  np.testing.assert_array_equal(queries_lib.parse_points('0,1.5,2; 3,4,5.25;'), [[0, 1.5, 2], [3, 4, 5.25]])
   for bad in ('1,2', 'a,b,c', '', '0,1,nan'):
     with pytest.raises(ValueError):
-      track_video.parse_points(bad)
+      queries_lib.parse_points(bad)
 
 
 def test_mask_queries_lie_inside_the_mask(tmp_path):
   mask = np.zeros((H, W), np.uint8)
   mask[10:30, 20:50] = 255
   Image.fromarray(mask).save(tmp_path / 'mask.png')
-  q = track_video.make_query_points((T, H, W), mask=str(tmp_path / 'mask.png'), mask_frame=2)
+  q = queries_lib.make_query_points((T, H, W), mask=str(tmp_path / 'mask.png'), mask_frame=2)
   assert (q[:, 0] == 2).all()
   assert mask[q[:, 1].astype(int), q[:, 2].astype(int)].all()
 
 
 def test_track_file_offline(video_path, tiny_checkpoint, tmp_path):
   result = _run_file(video_path, tiny_checkpoint, tmp_path)
-  out, _ = track_video.read_video(tmp_path / 'out.mp4')
+  out, _ = video_io.read_video(tmp_path / 'out.mp4')
   assert out.shape == (T, H, W, 3)
   saved = np.load(tmp_path / 'tracks.npz')
   assert saved['tracks'].shape == (9, T, 2) and saved['visible'].shape == (9, T)
@@ -94,7 +95,7 @@ def test_track_file_offline(video_path, tiny_checkpoint, tmp_path):
   assert str(saved['checkpoint']) == tiny_checkpoint
   np.testing.assert_array_equal(saved['tracks'], result.tracks)
   # The tracks are the model's, mapped back from the 32x32 model input to the video's pixels.
-  video, _ = track_video.read_video(video_path)
+  video, _ = video_io.read_video(video_path)
   tracker = tapir.Tracker.from_checkpoint(tiny_checkpoint, preset='tapir', **TINY)
   expected = tracker.predict(video, result.query_points, resize_to=(32, 32))
   np.testing.assert_allclose(result.tracks, expected.tracks, atol=1e-4)
@@ -102,7 +103,7 @@ def test_track_file_offline(video_path, tiny_checkpoint, tmp_path):
 
 
 def test_track_online_starts_points_at_their_frame(video_path, online_tracker):
-  video, _ = track_video.read_video(video_path)
+  video, _ = video_io.read_video(video_path)
   tracker = online_tracker
   queries = np.array([[0, 10.5, 20.5], [2, 30.5, 40.5]], np.float32)
   tracks, visible = track_video.track_video(video, tracker, queries, progress=False)
@@ -136,12 +137,12 @@ def test_points_outside_the_video(video_path, tiny_checkpoint, tmp_path, points)
 
 
 def test_checkpoint_for_another_preset(video_path, tiny_checkpoint, tmp_path):
-  with pytest.raises(ValueError, match=r'does not fit --preset bootstapir(.|\n)*missing: tapir/~/extra_convs'):
+  with pytest.raises(ValueError, match=r"does not fit preset 'bootstapir'(.|\n)*missing: tapir/~/extra_convs"):
     _run_file(video_path, tiny_checkpoint, tmp_path, preset='bootstapir')
 
 
 def test_online_needs_a_causal_preset(video_path, tiny_checkpoint, tmp_path):
-  with pytest.raises(ValueError, match='causal preset'):
+  with pytest.raises(ValueError, match='online=True needs a causal TAPIR'):
     _run_file(video_path, tiny_checkpoint, tmp_path, online=True)
 
 
@@ -161,7 +162,7 @@ def test_runner_end_to_end(video_path, tiny_checkpoint, tmp_path):
   proc = _runner('--video', video_path, '--checkpoint', tiny_checkpoint, '--points', '0,10.5,20.5;3,30,40',
                  '--resize', '32', '--model_overrides', TINY_JSON, '--out', str(out), '--save', str(npz))
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert track_video.read_video(out)[0].shape == (T, H, W, 3)
+  assert video_io.read_video(out)[0].shape == (T, H, W, 3)
   assert np.load(npz)['tracks'].shape == (2, T, 2)
 
 
@@ -182,7 +183,7 @@ def test_checkpoint_from_our_trainer_carries_its_architecture(video_path, tmp_pa
   result = track_video.track_file(video_path, None, str(path), grid=2, progress=False,
                                   save_path=str(tmp_path / 'tracks.npz'))
   assert str(np.load(tmp_path / 'tracks.npz')['resize']) == '32x32'  # TINY's initial_resolution
-  video, _ = track_video.read_video(video_path)
+  video, _ = video_io.read_video(video_path)
   expected = tracker.predict(video, result.query_points, resize_to=(32, 32))
   np.testing.assert_allclose(result.tracks, expected.tracks, atol=1e-4)
 
@@ -200,7 +201,7 @@ def _write_long_video(path, num_frames, hw=(64, 64)):
 def test_online_tracking_memory_does_not_grow_with_the_video(tmp_path, online_tracker):
   """--online streams: tracking 400 frames peaks at the memory of 100 (the frames alone would add 3.7 MB)."""
   tracker = online_tracker
-  queries = track_video.grid_points((64, 64), 2)
+  queries = queries_lib.grid_points((64, 64), 2)
   warm_up = _write_long_video(tmp_path / 'short.mp4', 3)  # compile outside the measurement
   track_video.track_and_paint(tracker, warm_up, str(tmp_path / 'short_out.mp4'), queries, progress=False)
   peaks = {}
@@ -240,6 +241,6 @@ def test_tapnet_preset_tracks_a_file_offline(video_path, tmp_path):
   assert result.tracks.shape == (9, T, 2) and result.visible.shape == (9, T)
   np.testing.assert_allclose(result.tracks[:, 0], result.query_points[:, 2:0:-1], atol=1e-3)  # query frame
   assert str(np.load(tmp_path / 'tracks.npz')['preset']) == 'tapnet'
-  assert track_video.read_video(tmp_path / 'out.mp4')[0].shape == (T, H, W, 3)
-  with pytest.raises(ValueError, match='TAP-Net tracks offline only'):
+  assert video_io.read_video(tmp_path / 'out.mp4')[0].shape == (T, H, W, 3)
+  with pytest.raises(ValueError, match='online=True needs a causal TAPIR.*tapnet model'):
     track_video.track_file(video_path, None, checkpoint, 'tapnet', grid=3, online=True, progress=False)

@@ -16,6 +16,7 @@ import pytest
 
 import tapir
 from configs import tapir as tapir_configs
+from tapir.training import checkpointing
 from tapir.training import loop as trainer
 from tapir.training import state as training
 from tests.conftest import REPO
@@ -36,7 +37,7 @@ def _tiny(**overrides):
 def _fixed_batch(config, devices=1, seed=0):
   rng = np.random.default_rng(seed)
   b, t, n = config.data.per_device_batch, config.data.num_frames, config.data.tracks_per_clip
-  h, w = config.data.train_size
+  h, w = config.data.train_hw
   video = rng.uniform(-1, 1, (devices, b, t, h, w, 3)).astype(np.float32)
   queries = np.stack([rng.integers(0, t, (devices, b, n)), rng.uniform(0, h, (devices, b, n)),
                       rng.uniform(0, w, (devices, b, n))], -1).astype(np.float32)
@@ -276,7 +277,7 @@ def test_history_files_have_one_row_per_step_after_a_resume(tmp_path):
   evaluate = lambda params, state, step: {'evaluated_at': step}
   trainer.train_and_evaluate(config, str(tmp_path), train_data=_tiny_batches(config), evaluate_fn=evaluate,
                              stop_at=2)
-  for name in trainer.HISTORY_FILES:  # as if the first run had logged step 3 and died before checkpointing it
+  for name in checkpointing.HISTORY_FILES:  # as if the first run had logged step 3 and died before checkpointing it
     with open(tmp_path / name, 'a') as f:
       f.write(json.dumps({'step': 3, 'loss': -1.0, 'evaluated_at': -1}) + '\n')
   result = trainer.train_and_evaluate(config, str(tmp_path), train_data=_tiny_batches(config),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tapir
+from tapir.tracking import core
 from tapir.tracking import tracker as inference
 from tapir.tracking import cli as track_video
 from tapir.data import tapvid
@@ -62,11 +63,12 @@ def test_tracker_defaults_to_its_models_resolution(tracker, monkeypatch):
     seen.append(tuple(hw))
     raise RuntimeError('stop before the model runs')
 
-  monkeypatch.setattr(inference, 'resize_video', record)
+  monkeypatch.setattr(core, 'resize_video', record)
   with pytest.raises(RuntimeError, match='stop'):
     tracker.predict(_video(), np.array([[0, 1.0, 1.0]]))
   assert seen == [(64, 64)] and tracker.resolution == (64, 64)
-  assert inference.resolve_resize_to('model', {}) == (256, 256)  # the released models'
+  assert inference.model_resolution({}) == (256, 256)  # the released models'
+  assert core.resolve_resize_to('model', (64, 64)) == (64, 64)
 
 
 @pytest.mark.parametrize('stride, message', [
@@ -99,7 +101,7 @@ def test_mask_query_points_arguments(kwargs, message):
     (np.zeros((1, 2)), [-1], r'indices must lie in \[0, 3\)'),
     (np.zeros((2, 2)), [1, 1], 'indices must be distinct'),
     (np.zeros((2, 2)), [1], 'need one index per new query point'),
-    (np.zeros((1, 3)), [1], r'query_points must be \[num_points, 2\]'),
+    (np.zeros((1, 3)), [1], r'query_points_yx must be \[num_points, 2\]'),
 ])
 def test_replace_queries_bad_indices(online, points, indices, message):
   with pytest.raises(ValueError, match=message):
@@ -142,8 +144,8 @@ def test_tapvid_non_finite_coordinates(bad):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(resize=-1), r'--resize must be an integer >= 1, or 0'),
-    (dict(query_chunk_size=0), r'--query_chunk_size must be an integer >= 1'),
+    (dict(resize=-1), r'resize must be an integer >= 1, or 0'),
+    (dict(query_chunk_size=0), r'query_chunk_size must be an integer >= 1'),
 ])
 def test_cli_arguments_are_checked_before_reading(tmp_path, kwargs, message):
   with pytest.raises(ValueError, match=message):

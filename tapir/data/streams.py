@@ -35,7 +35,7 @@ Batch = dict[str, np.ndarray]
 def scene_config(config, size=None):
   """The synthetic SceneConfig matching the training clips (at `size` (h, w) if given)."""
   from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
-  h, w = size or config.data.train_size
+  h, w = size or config.data.train_hw
   return synthetic.SceneConfig(height=h, width=w, num_frames=config.data.num_frames,
                                num_static_objects=tuple(config.data.synthetic_static_objects),
                                num_dynamic_objects=tuple(config.data.synthetic_dynamic_objects))
@@ -147,11 +147,6 @@ def put_on_devices(batch: Batch) -> Batch:
   return jax.device_put(dict(batch), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices')))
 
 
-def prefetch(iterator: Iterable[Any], size: int = 2) -> Iterator[Any]:
-  """`Prefetcher(iterator, size)`: data generation in a background thread, overlapping the train step."""
-  return Prefetcher(iterator, size)
-
-
 def train_batches(config, start_step: int = 0) -> Iterator[Batch]:
   """Batches for steps `start_step`, `start_step + 1`, ... of the run described by `config`.
 
@@ -174,7 +169,7 @@ def train_batches(config, start_step: int = 0) -> Iterator[Batch]:
       return pipeline.movi_e_dataset(
         data_dir=config.data.data_dir or None, name=config.data.tfds_name, split='train',
         per_device_batch=config.data.per_device_batch, tracks_to_sample=config.data.tracks_per_clip,
-        train_size=tuple(config.data.train_size), shuffle_buffer=config.data.shuffle_buffer,
+        train_size=tuple(config.data.train_hw), shuffle_buffer=config.data.shuffle_buffer,
         random_crop=config.data.random_crop, color_augmentation=config.data.color_augmentation,
         seed=config.seed, start_batch=start_step)
   raise ValueError(f"unknown data.source {source!r}: use 'synthetic', 'movi_e' or 'custom'")
@@ -224,11 +219,11 @@ def synthetic_evaluation_set(num_videos: int, query_mode: str, scenes=None, trac
                               resolution=None, source=f'synthetic scene {seed}')
 
 
-def evaluation_examples(config):
-  """The examples `config.eval` names (a training config)."""
+def evaluation_examples(config, query_mode: str):
+  """The examples `config.eval` names (a training config), with `query_mode` queries."""
   if config.eval.dataset == 'synthetic':
-    # Rendered at eval.synthetic_size (TAP-Vid scores at 256x256), the model runs at its own resolution.
-    return synthetic_evaluation_set(config.eval.num_videos, config.eval.query_mode,
-                                    scene_config(config, tuple(config.eval.synthetic_size)), config.eval.tracks)
+    # Rendered at eval.synthetic_hw (TAP-Vid scores at 256x256), the model runs at its own resolution.
+    return synthetic_evaluation_set(config.eval.num_videos, query_mode,
+                                    scene_config(config, tuple(config.eval.synthetic_hw)), config.eval.tracks)
   from tapir.data import tapvid  # pylint: disable=g-import-not-at-top
-  return tapvid.open_dataset(config.eval.dataset, config.eval.path, config.eval.query_mode)
+  return tapvid.open_dataset(config.eval.dataset, config.eval.path, query_mode)

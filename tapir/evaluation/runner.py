@@ -10,42 +10,32 @@ from typing import Any, Callable
 from absl import logging
 
 from tapir import checkpoint as checkpoint_lib
-from tapir.evaluation import loop as evaluation
+from tapir import config_fields
 from tapir import metrics
 from tapir.data import streams
-from tapir.tracking import tapnet as tapnet_tracker
-from tapir.tracking import tracker as tracker_lib
 from tapir.data import tapvid
+from tapir.evaluation import loop as evaluation
+from tapir.tracking import loader
 
 
-def _architecture(config, contents: checkpoint_lib.CheckpointContents) -> dict[str, Any]:
-  """Architecture by `checkpoint.resolve_model_kwargs`: stored settings win (a contradicting `config.preset` or
-  override is an error); else `config.preset` ('' = none) with `config.model_overrides`; else the parameter
-  layout, when it determines the preset.
-
-  Override values equal to `tapir.TAPIR`'s defaults (the config's `initial_resolution=(256, 256)`) request
-  nothing and are dropped, so they never contradict a checkpoint trained at another resolution.
-  """
+def _overrides(config) -> dict[str, Any]:
+  """`config.model_overrides` without the values equal to `tapir.TAPIR`'s defaults (the config's
+  `initial_resolution=(256, 256)`): those request nothing, so they never contradict a checkpoint trained at
+  another resolution, and they do not reach a TAP-Net, which has no such setting."""
   defaults = checkpoint_lib.tapir_defaults()
-  overrides = {k: v for k, v in checkpoint_lib.normalize_settings(config.model_overrides.to_dict()).items()
-               if k not in defaults or v != defaults[k]}
-  return checkpoint_lib.resolve_model_kwargs(contents.model_kwargs, config.preset or None, contents.params,
-                                             overrides)
+  return {k: v for k, v in checkpoint_lib.normalize_settings(config.model_overrides.to_dict()).items()
+          if k not in defaults or v != defaults[k]}
 
 
 def predictors(config) -> dict[str, Callable]:
+  """The checkpoint's tracker (through `tapir.load_tracker`'s rule) and the baselines, by name."""
   out = {}
-  resize_to = None if config.full_resolution else tuple(config.resolution)
-  if config.checkpoint and config.preset == 'tapnet':
-    contents = checkpoint_lib.read_checkpoint(config.checkpoint)
-    tracker = tapnet_tracker.TAPNetTracker(contents.params, contents.state, query_chunk_size=config.query_chunk_size,
-                                           resolution=tuple(config.resolution))
-    out['tapnet'] = evaluation.tracker_predictor(tracker, resize_to)
-  elif config.checkpoint:
-    contents = checkpoint_lib.read_checkpoint(config.checkpoint)
-    tracker = tracker_lib.Tracker(contents.params, contents.state, _architecture(config, contents),
-                                query_chunk_size=config.query_chunk_size)
-    out['full_resolution' if config.full_resolution else 'tapir'] = evaluation.tracker_predictor(tracker, resize_to)
+  resize_to = None if config.full_resolution else tuple(config.resolution_hw)
+  if config.checkpoint:
+    model = loader.load_weights(config.checkpoint, config.preset or None, **_overrides(config))
+    tracker = loader.make_tracker(model, query_chunk_size=config.query_chunk_size)
+    out['full_resolution' if config.full_resolution else model.family] = evaluation.tracker_predictor(
+        tracker, resize_to)
   else:
     logging.warning('no --config.checkpoint given: scoring the baselines only')
   for name in config.baselines:
@@ -56,11 +46,11 @@ def predictors(config) -> dict[str, Callable]:
 
 
 def examples(config, query_mode: str):
-  resolution = None if config.full_resolution else tuple(config.resolution)
+  resolution = None if config.full_resolution else tuple(config.resolution_hw)
   if config.dataset == 'synthetic':
     from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
     s = config.synthetic
-    scenes = synthetic.SceneConfig(height=s.size[0], width=s.size[1], num_frames=s.num_frames)
+    scenes = synthetic.SceneConfig(height=s.hw[0], width=s.hw[1], num_frames=s.num_frames)
     return streams.synthetic_evaluation_set(s.num_videos, query_mode, scenes, s.tracks)
   kwargs = dict(video_dir=config.video_dir) if config.dataset == 'csv' else {}
   if config.dataset == 'kubric':
@@ -71,6 +61,7 @@ def examples(config, query_mode: str):
 
 def run(config, workdir: str) -> dict[str, evaluation.EvaluationResult]:
   """Evaluates every predictor on `config.dataset` in every query mode; writes files to `workdir`."""
+  config_fields.reject_renamed(config, config_fields.EVALUATION_RENAMES)
   os.makedirs(workdir, exist_ok=True)
   if config.dataset == 'jhmdb':
     return run_jhmdb(config, workdir)
@@ -98,7 +89,7 @@ def run(config, workdir: str) -> dict[str, evaluation.EvaluationResult]:
 def run_jhmdb(config, workdir: str) -> dict[str, evaluation.PckResult]:
   """JHMDB keypoint propagation (no query modes): `jhmdb_<predictor>.json` and PCK tables in `workdir`."""
   from tapir.data import jhmdb  # pylint: disable=g-import-not-at-top
-  resolution = None if config.full_resolution else tuple(config.resolution)
+  resolution = None if config.full_resolution else tuple(config.resolution_hw)
   results = {}
   for name, predict in predictors(config).items():
     logging.info('evaluating %s on jhmdb', name)

@@ -1,28 +1,26 @@
-"""Training: optimiser, the pmapped train step, and train state.
+"""Training: train state, optimiser, schedule, and the pmapped supervised step every objective builds on.
 
-One step, on every local device at once (`jax.pmap`, axis `AXIS`, the same name the backbone's cross-replica batch
-norm averages over):
-  model on the device's clips -> `tapir.losses.tapir_loss` -> gradients -> mean over all devices (the only
-  cross-device reduction of gradients) -> optax update (Adam b1 0.9 b2 0.95, decoupled weight decay, warmup +
-  cosine learning rate, non-finite updates skipped and counted).
+One supervised step, on every local device at once (`jax.pmap`, axis `AXIS`, the same name the backbone's
+cross-replica batch norm averages over):
+  model on the device's clips -> the objective's loss (`tapir.losses.tapir_loss`, `tapnet_loss_terms`, ...) ->
+  gradients -> mean over all devices (the only cross-device reduction of gradients) -> optax update (Adam b1 0.9
+  b2 0.95, decoupled weight decay, warmup + cosine learning rate, non-finite updates skipped and counted).
 Batches are dicts of host arrays shaped [local_devices, per_device_batch, ...] (`tapir.data`).
-The loop, checkpointing and evaluation around it live in `tapir.training.loop`.
+Objectives (`tapir.training.task`) compose these pieces; the loop around them is `tapir.training.loop`.
 """
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from tapir import losses
-from tapir.models import tapir as tapir_lib
-from tapir.models import tapnet as tapnet_lib
+from tapir.models import families
 
 AXIS = 'i'
-# config.model_kind: which model `config.model` configures; each kind has its own loss (configs/tapnet.py).
-MODEL_KINDS = ('tapir', 'tapnet')
 # Parameters whose module path contains one of these, or named 'b' (biases), are not weight-decayed.
 NO_DECAY_SUBSTRINGS = ('layer_norm', 'batch_norm', '_bn', 'linear_classifier')
 
@@ -33,6 +31,7 @@ class TrainState(NamedTuple):
   opt_state: optax.OptState  # optimiser state, including the non-finite counters
   step: jax.Array  # [] int32, number of train steps run (applied or skipped)
   rng: jax.Array  # PRNG key for the next step (split per device inside the step)
+  extra: Any = {}  # the objective's own state (e.g. teacher weights), checkpointed and restored with the rest
 
 
 def weight_decay_mask(params: hk.Params) -> hk.Params:
@@ -68,31 +67,20 @@ def make_optimizer(config, num_devices: int = 1) -> optax.GradientTransformation
 
 def model_kwargs(config) -> dict[str, Any]:
   """The model constructor's settings from `config.model` (sequences as tuples, as the constructors expect)."""
-  kwargs = config.model.to_dict()
-  for key in ('blocks_per_group', 'initial_resolution'):
-    if key in kwargs:  # TAP-Net (config.model_kind='tapnet') has neither
-      kwargs[key] = tuple(kwargs[key])
-  return kwargs
+  return families.normalize_settings(config.model.to_dict())
 
 
-def model_kind(config) -> str:
-  """`config.model_kind` ('tapir' when the config has no such field), checked against MODEL_KINDS."""
-  kind = config.get('model_kind', 'tapir')
-  if kind not in MODEL_KINDS:
-    raise ValueError(f'model_kind must be one of {MODEL_KINDS}; got {kind!r}')
-  return kind
+LossFn = Callable[..., losses.LossTerms]  # (outputs, target_points, occluded, video_shape, **loss config)
 
 
 def make_model(model_kwargs: Mapping[str, Any], train_chunk_size: int,
-               kind: str = 'tapir') -> hk.TransformedWithState:
-  """The training forward pass: video + queries -> the model's output dict (is_training=True)."""
+               family: str = 'tapir') -> hk.TransformedWithState:
+  """The training forward pass of a model family: video + queries -> the model's output dict."""
+  module = families.get(family).module
 
   def forward(video, query_points, is_training=True):
-    if kind == 'tapnet':
-      return tapnet_lib.TAPNet(**model_kwargs)(video, is_training, query_points,
-                                               query_chunk_size=train_chunk_size)
-    model = tapir_lib.TAPIR(**model_kwargs)
-    return model(video, is_training=is_training, query_points=query_points, query_chunk_size=train_chunk_size)
+    return module(**model_kwargs)(video, is_training=is_training, query_points=query_points,
+                                  query_chunk_size=train_chunk_size)
 
   return hk.transform_with_state(forward)
 
@@ -102,77 +90,111 @@ def nonfinite_count(opt_state) -> jax.Array:
   return opt_state.total_notfinite
 
 
-def tapnet_loss_terms(
-    outputs: Mapping[str, jax.Array],  # TAPNet's output dict
-    target_points: jax.Array,  # [b, n, t, 2] (x, y)
-    target_occluded: jax.Array,  # [b, n, t] bool
-    video_shape,  # [b, t, h, w, 3]
-    position_loss_weight: float = losses.POSITION_LOSS_WEIGHT,
-    huber_delta: float = losses.HUBER_DELTA,
-) -> losses.LossTerms:
-  """TAP-Net's single loss term (no refinement estimates, no uncertainty head), as one-element LossTerms.
-
-  total = position_loss_weight * Huber + occlusion BCE (`losses.tapnet_loss`); `position` is unweighted.
-  """
-  position, occlusion, uncertainty = losses.tapnet_loss(
-      outputs['tracks'], outputs['occlusion'], target_points, target_occluded, video_shape,
-      position_loss_weight=1.0, huber_loss_delta=huber_delta)  # `position` unweighted, as in tapir_loss
-  return losses.LossTerms(total=position_loss_weight * position + occlusion, position=position[None],
-                          occlusion=occlusion[None], uncertainty=uncertainty[None])
+def consecutive_nonfinite(opt_state) -> int:
+  """Non-finite updates in a row up to this step (optax.apply_if_finite's counter; 0 after a finite one)."""
+  return int(np.max(jax.device_get(opt_state.notfinite_count)))
 
 
-def make_train_step(model: hk.TransformedWithState, optimizer: optax.GradientTransformation, loss_config,
-                    kind: str = 'tapir'):
-  """Returns `train_step(state, batch) -> (state, metrics)`, to be run under pmap with axis `AXIS`."""
+def loss_metrics(terms: losses.LossTerms, prefix: str = '') -> dict[str, jax.Array]:
+  """The log's names for a loss: 'loss', '<term>_loss' summed over estimates, and '<term>_loss/<estimate>'
+  per estimate ('final', 'unrefined_0', ...), each name after `prefix` (e.g. 'selfsup_')."""
+  metrics = {
+      f'{prefix}loss': terms.total,
+      f'{prefix}position_loss': jnp.sum(terms.position),
+      f'{prefix}occlusion_loss': jnp.sum(terms.occlusion),
+      f'{prefix}uncertainty_loss': jnp.sum(terms.uncertainty),
+  }
+  for i in range(terms.position.shape[0]):
+    suffix = 'final' if i == 0 else f'unrefined_{i - 1}'
+    metrics[f'{prefix}position_loss/{suffix}'] = terms.position[i]
+    metrics[f'{prefix}occlusion_loss/{suffix}'] = terms.occlusion[i]
+    metrics[f'{prefix}uncertainty_loss/{suffix}'] = terms.uncertainty[i]
+  return metrics
 
-  def loss_fn(params, hk_state, rng, batch):
+
+def supervised_terms(model: hk.TransformedWithState, loss_config, loss_fn: LossFn):
+  """`terms(params, hk_state, rng, batch) -> (total, (LossTerms, hk_state))`: the model on a labelled batch
+  ('video', 'query_points', 'target_points', 'occluded', optionally 'mask') and `loss_fn` against its labels."""
+
+  def terms_fn(params, hk_state, rng, batch):
     outputs, hk_state = model.apply(params, hk_state, rng, batch['video'], batch['query_points'])
-    if kind == 'tapnet':
-      terms = tapnet_loss_terms(outputs, batch['target_points'], batch['occluded'], batch['video'].shape,
-                                position_loss_weight=loss_config.position_loss_weight,
-                                huber_delta=loss_config.huber_delta)
-      return terms.total, (terms, hk_state)
-    terms = losses.tapir_loss(outputs, batch['target_points'], batch['occluded'], batch['video'].shape,
-                              position_loss_weight=loss_config.position_loss_weight,
-                              huber_delta=loss_config.huber_delta,
-                              expected_dist_threshold=loss_config.expected_dist_threshold)
+    terms = loss_fn(outputs, batch['target_points'], batch['occluded'], batch['video'].shape,
+                    position_loss_weight=loss_config.position_loss_weight, huber_delta=loss_config.huber_delta,
+                    expected_dist_threshold=loss_config.expected_dist_threshold, mask=batch.get('mask'))
     return terms.total, (terms, hk_state)
+
+  return terms_fn
+
+
+def apply_gradients(state: TrainState, grads, optimizer: optax.GradientTransformation, hk_state,
+                    metrics: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """Mean of `grads` over devices (the one place they are reduced), the optimiser update, and the metrics'
+  device mean with 'gradient_norm' and 'nonfinite_updates'. `state.step`/`rng` are the step wrapper's."""
+  grads = jax.lax.pmean(grads, AXIS)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = jax.lax.pmean({**metrics, 'gradient_norm': optax.tree.norm(grads)}, AXIS)
+  metrics['nonfinite_updates'] = nonfinite_count(opt_state)
+  return state._replace(params=params, state=hk_state, opt_state=opt_state), metrics
+
+
+UpdateFn = Callable[[TrainState, Mapping[str, jax.Array], jax.Array], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def make_step(update_fn: UpdateFn):
+  """`train_step(state, batch) -> (state, metrics)` (under pmap, axis `AXIS`) around an objective's
+  `update_fn(state, batch, rng)`: splits the state's key (a distinct key per device) and counts the step."""
 
   def train_step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
     rng, next_rng = jax.random.split(state.rng)
     device_rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))  # distinct query order per device
-    grads, (terms, hk_state) = jax.grad(loss_fn, has_aux=True)(state.params, state.state, device_rng, batch)
-    grads = jax.lax.pmean(grads, AXIS)  # the one place gradients are reduced across devices
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        'loss': terms.total,
-        'position_loss': jnp.sum(terms.position),
-        'occlusion_loss': jnp.sum(terms.occlusion),
-        'uncertainty_loss': jnp.sum(terms.uncertainty),
-        'gradient_norm': optax.tree.norm(grads),
-    }
-    for i in range(terms.position.shape[0]):
-      suffix = 'final' if i == 0 else f'unrefined_{i - 1}'
-      metrics[f'position_loss/{suffix}'] = terms.position[i]
-      metrics[f'occlusion_loss/{suffix}'] = terms.occlusion[i]
-      metrics[f'uncertainty_loss/{suffix}'] = terms.uncertainty[i]
-    metrics = jax.lax.pmean(metrics, AXIS)
-    metrics['nonfinite_updates'] = nonfinite_count(opt_state)
-    return TrainState(params, hk_state, opt_state, state.step + 1, next_rng), metrics
+    new_state, metrics = update_fn(state, batch, device_rng)
+    return new_state._replace(step=state.step + 1, rng=next_rng), metrics
 
   return train_step
 
 
-def make_init(model: hk.TransformedWithState, optimizer: optax.GradientTransformation):
-  """Returns `init(rng, batch) -> TrainState`; run it under pmap with the same rng on every device."""
+def supervised_update(model: hk.TransformedWithState, optimizer: optax.GradientTransformation, loss_config,
+                      loss_fn: LossFn = losses.tapir_loss) -> UpdateFn:
+  """The supervised `update_fn(state, batch, rng)`: gradients of `loss_fn` on a labelled batch, applied.
+
+  `loss_fn` is the objective's loss with `tapir.losses.tapir_loss`'s signature (default: TAPIR's).
+  """
+  terms_fn = supervised_terms(model, loss_config, loss_fn)
+
+  def update_fn(state, batch, rng):
+    grads, (terms, hk_state) = jax.grad(terms_fn, has_aux=True)(state.params, state.state, rng, batch)
+    return apply_gradients(state, grads, optimizer, hk_state, loss_metrics(terms))
+
+  return update_fn
+
+
+def make_train_step(model: hk.TransformedWithState, optimizer: optax.GradientTransformation, loss_config,
+                    loss_fn: LossFn = losses.tapir_loss):
+  """The supervised step: `train_step(state, batch) -> (state, metrics)`, to be run under pmap with axis `AXIS`."""
+  return make_step(supervised_update(model, optimizer, loss_config, loss_fn))
+
+
+def make_init(model: hk.TransformedWithState, optimizer: optax.GradientTransformation,
+              init_extra: Callable[[hk.Params, hk.State], Any] | None = None):
+  """Returns `init(rng, batch) -> TrainState`; run it under pmap with the same rng on every device.
+
+  `init_extra(params, hk_state)` makes the objective's own state (default: none, `{}`).
+  """
 
   def init(rng, batch):
     init_rng, state_rng = jax.random.split(rng)
     params, hk_state = model.init(init_rng, batch['video'], batch['query_points'])
-    return TrainState(params, hk_state, optimizer.init(params), jnp.zeros([], jnp.int32), state_rng)
+    extra = {} if init_extra is None else init_extra(params, hk_state)
+    return TrainState(params, hk_state, optimizer.init(params), jnp.zeros([], jnp.int32), state_rng, extra)
 
   return init
+
+
+def replicate(tree):
+  """One copy per local device, stacked on a leading axis (what pmap takes)."""
+  n = jax.local_device_count()
+  return jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * n), tree)
 
 
 def unreplicate(tree):
