@@ -10,6 +10,7 @@ Public entry points are in `tapir.checkpoint` (`load_checkpoint`, `save_checkpoi
   ours      `.npz` zip (magic b'PK\\x03\\x04') of plain arrays, read with `allow_pickle=False`: entry
             `__tapir_checkpoint__` is UTF-8 JSON {"format_version", "arrays": [[tree, module, name], ...] (entry
             `a<i>` holds the i-th), "model_kwargs", "extra"}; nothing in it can run code.
+A damaged or malformed file of either format raises ValueError naming it, whatever the parser underneath raised.
 """
 
 import json
@@ -33,13 +34,15 @@ class UnsafeCheckpointError(safe_pickle.UnsafePickleError):
 
 def read_official(path: str, f) -> Any:
   """The pickled dict of an official .npy, unpickled with the allow-list."""
-  version = npy_format.read_magic(f)
-  if version == (1, 0):
-    shape, _, dtype = npy_format.read_array_header_1_0(f)
-  elif version == (2, 0):
-    shape, _, dtype = npy_format.read_array_header_2_0(f)
-  else:
+  try:
+    version = npy_format.read_magic(f)
+    read_header = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}.get(version)
+    header = read_header(f) if read_header else None
+  except Exception as e:  # a truncated or damaged header: ValueError, EOFError, SyntaxError, TypeError, ...
+    raise ValueError(f'{path}: cannot read the .npy header ({type(e).__name__}: {e})') from e
+  if header is None:
     raise ValueError(f'{path}: unsupported .npy format version {version}')
+  shape, _, dtype = header
   if dtype != np.dtype(object):
     raise ValueError(f"{path} is not a TAPIR checkpoint: expected a pickled dict with 'params' (and 'state'); "
                      f'got a plain {dtype} array of shape {shape}')
@@ -54,18 +57,51 @@ def read_official(path: str, f) -> Any:
   return content
 
 
+def _npz_entry(path: str, npz, key: str) -> np.ndarray:
+  if key not in npz.files:
+    raise ValueError(f'{path}: the checkpoint has no entry {key}')
+  try:
+    return npz[key]
+  except Exception as e:  # damaged members: zipfile.BadZipFile (CRC), zlib.error, EOFError, ValueError (header)
+    raise ValueError(f'{path}: cannot read entry {key} ({type(e).__name__}: {e})') from e
+
+
+def _is_index(arrays: Any) -> bool:
+  return isinstance(arrays, list) and all(
+      isinstance(a, list) and len(a) == 3 and a[0] in ('params', 'state') and all(isinstance(s, str) for s in a)
+      for a in arrays)
+
+
 def read_npz(path: str) -> tuple[dict, dict, dict | None, dict]:
   """(params, state, model settings as stored JSON or None, extra) of one of our .npz checkpoints."""
-  with np.load(path, allow_pickle=False) as npz:
+  with open(path, 'rb') as f:  # our handle: numpy leaks its own when the zip is damaged
+    try:
+      npz = np.load(f, allow_pickle=False)
+    except Exception as e:  # not a zip, or a damaged one: zipfile.BadZipFile, OSError, EOFError, ValueError
+      raise ValueError(f'{path}: cannot read it as an .npz checkpoint ({type(e).__name__}: {e})') from e
+    return _npz_contents(path, npz)
+
+
+def _npz_contents(path: str, npz) -> tuple[dict, dict, dict | None, dict]:
+  with npz:
     if METADATA_ENTRY not in npz.files:
       raise ValueError(f'{path} is a zip/npz file but not a TAPIR checkpoint (no {METADATA_ENTRY} entry)')
-    meta = json.loads(bytes(npz[METADATA_ENTRY]).decode('utf-8'))
-    if meta.get('format_version') != FORMAT_VERSION:
-      raise ValueError(f'{path}: checkpoint format_version {meta.get("format_version")!r} is not supported '
+    raw = _npz_entry(path, npz, METADATA_ENTRY)
+    try:
+      meta = json.loads(bytes(raw).decode('utf-8'))
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+      raise ValueError(f'{path}: entry {METADATA_ENTRY} is not UTF-8 JSON ({e})') from e
+    version = meta.get('format_version') if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+      raise ValueError(f'{path}: checkpoint format_version {version!r} is not supported '
                        f'(this library reads version {FORMAT_VERSION})')
+    if not (_is_index(meta.get('arrays')) and isinstance(meta.get('model_kwargs'), (dict, type(None)))
+            and isinstance(meta.get('extra'), (dict, type(None)))):
+      raise ValueError(f'{path}: entry {METADATA_ENTRY} must hold "arrays": [[params|state, module, name], ...], '
+                       f'"model_kwargs" and "extra" as dicts (or null); got {meta!r:.200}')
     trees = {'params': {}, 'state': {}}
     for i, (tree, module, name) in enumerate(meta['arrays']):
-      trees[tree].setdefault(module, {})[name] = npz[f'a{i}']
+      trees[tree].setdefault(module, {})[name] = _npz_entry(path, npz, f'a{i}')
   return trees['params'], trees['state'], meta.get('model_kwargs'), meta.get('extra') or {}
 
 

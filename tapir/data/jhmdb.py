@@ -41,6 +41,14 @@ def _resize(video: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
   return np.asarray(mediapy.resize_video(video, hw))
 
 
+def _read_frame(path: str) -> np.ndarray:  # [h, w, 3] uint8
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert('RGB'))
+  except Exception as e:  # PIL raises many types for damaged images
+    raise ValueError(f'cannot read JHMDB frame {path} ({type(e).__name__}: {e})') from e
+
+
 def split_test_videos(root: str | os.PathLike) -> list[tuple[str, str]]:
   """(class, video) of every split-1 test video, classes sorted, videos in split-file order."""
   root = os.fspath(root)
@@ -50,15 +58,19 @@ def split_test_videos(root: str | os.PathLike) -> list[tuple[str, str]]:
   videos = []
   for path in files:
     action = os.path.basename(path)[:-len('_test_split1.txt')]
-    with open(path) as f:
-      for line_no, line in enumerate(f, start=1):
-        fields = line.split()
-        if not fields:
-          continue
-        if len(fields) != 2 or fields[1] not in ('1', '2'):
-          raise ValueError(f'{path} line {line_no}: expected "<video>.avi 1|2", got {line.strip()!r}')
-        if fields[1] == '2':
-          videos.append((action, os.path.splitext(fields[0])[0]))
+    try:
+      with open(path) as f:
+        lines = f.readlines()
+    except UnicodeDecodeError as e:
+      raise ValueError(f'{path}: not a text file of "<video>.avi 1|2" lines ({e})') from e
+    for line_no, line in enumerate(lines, start=1):
+      fields = line.split()
+      if not fields:
+        continue
+      if len(fields) != 2 or fields[1] not in ('1', '2'):
+        raise ValueError(f'{path} line {line_no}: expected "<video>.avi 1|2", got {line.strip()!r}')
+      if fields[1] == '2':
+        videos.append((action, os.path.splitext(fields[0])[0]))
   return videos
 
 
@@ -73,12 +85,21 @@ def load_video(root: str | os.PathLike, action: str, name: str,
     raise FileNotFoundError(f'JHMDB joints not found: {mat_path}')
   if not frame_paths:
     raise FileNotFoundError(f'no JHMDB frames {root}/Rename_Images/{action}/{name}/*.png')
-  pos_img = np.asarray(scipy.io.loadmat(mat_path).get('pos_img', np.zeros(0)), np.float64)
-  if pos_img.ndim != 3 or pos_img.shape[:2] != (2, NUM_JOINTS):
-    raise ValueError(f'{mat_path}: pos_img must be [2, {NUM_JOINTS}, T] pixel (x, y), got {pos_img.shape}')
+  try:
+    pos_img = np.asarray(scipy.io.loadmat(mat_path).get('pos_img', np.zeros(0)))
+  except Exception as e:  # scipy raises many types for a damaged file
+    raise ValueError(f'{mat_path}: cannot read it as a .mat file ({type(e).__name__}: {e})') from e
+  if pos_img.dtype.kind not in 'biuf' or pos_img.ndim != 3 or pos_img.shape[:2] != (2, NUM_JOINTS) or (
+      pos_img.shape[2] < 1):
+    raise ValueError(f'{mat_path}: pos_img must be real [2, {NUM_JOINTS}, T >= 1] pixel (x, y), got '
+                     f'{pos_img.dtype} {pos_img.shape}')
   joints = np.transpose(pos_img, (1, 2, 0)).astype(np.float32)  # [15, T, 2]
   num_frames = min(joints.shape[1], len(frame_paths))
-  video = np.stack([np.asarray(Image.open(p).convert('RGB')) for p in frame_paths[:num_frames]])
+  frames = [_read_frame(p) for p in frame_paths[:num_frames]]
+  for path, frame in zip(frame_paths, frames):
+    if frame.shape != frames[0].shape:
+      raise ValueError(f'JHMDB frame {path} is {frame.shape[:2]} (h, w) but {frame_paths[0]} is {frames[0].shape[:2]}')
+  video = np.stack(frames)
   joints = joints[:, :num_frames]
   h, w = video.shape[1:3]
   x0, y0 = joints[:, 0, 0], joints[:, 0, 1]

@@ -95,6 +95,8 @@ def _check_arrays(video: Any, points: Any, occluded: Any, source: str, fmt: str)
   if not (isinstance(video, np.ndarray) and video.dtype == np.uint8 and video.ndim == 4 and video.shape[-1] == 3):
     desc = f'{video.dtype} {video.shape}' if isinstance(video, np.ndarray) else type(video).__name__
     raise _format_error(source, fmt, f"'video' must be uint8 [T, H, W, 3], got {desc}")
+  if min(video.shape[:3]) < 1:
+    raise _format_error(source, fmt, f"'video' must have at least one frame, row and column, got {video.shape}")
   points, occluded = np.asarray(points), np.asarray(occluded)
   if not np.issubdtype(points.dtype, np.floating) or points.ndim != 3 or points.shape[-1] != 2:
     raise _format_error(source, fmt, f"'points' must be float [N, T, 2], got {points.dtype} {points.shape}")
@@ -221,7 +223,8 @@ def _decode_frames(video: Any, source: str) -> Any:
   """uint8 arrays pass through; a sequence of JPEG bytes is decoded with PIL to uint8 RGB [T, H, W, 3]."""
   if isinstance(video, np.ndarray) and video.dtype == np.uint8:
     return video
-  is_jpeg_list = isinstance(video, (list, tuple, np.ndarray)) and len(video) > 0 and all(
+  is_sequence = isinstance(video, (list, tuple)) or isinstance(video, np.ndarray) and video.ndim == 1
+  is_jpeg_list = is_sequence and len(video) > 0 and all(
       isinstance(f, (bytes, np.bytes_)) for f in video)
   if not is_jpeg_list:
     return video  # _check_arrays reports the format error
@@ -259,17 +262,20 @@ def read_kinetics(directory, query_mode: str, resolution=(256, 256)) -> Iterator
 def _parse_csv(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """csv -> {video_id: (points [N, T, 2] normalised, occluded [N, T])}, in order of first appearance."""
   rows: dict[str, list[np.ndarray]] = {}
-  with open(path, newline='') as f:
-    for line, row in enumerate(csv.reader(f), start=1):
-      if not row or not ''.join(row).strip():
-        continue
-      try:
-        values = np.array([float(v) for v in row[1:]], np.float64)
-      except ValueError as e:
-        raise _format_error(f'{path} line {line}', 'csv', f'non-numeric value ({e})') from e
-      if values.size == 0 or values.size % 3:
-        raise _format_error(f'{path} line {line}', 'csv', f'{values.size} values is not a positive multiple of 3')
-      rows.setdefault(row[0].strip(), []).append(values.reshape(-1, 3))
+  try:
+    with open(path, newline='') as f:
+      for line, row in enumerate(csv.reader(f), start=1):
+        if not row or not ''.join(row).strip():
+          continue
+        try:
+          values = np.array([float(v) for v in row[1:]], np.float64)
+        except ValueError as e:
+          raise _format_error(f'{path} line {line}', 'csv', f'non-numeric value ({e})') from e
+        if values.size == 0 or values.size % 3:
+          raise _format_error(f'{path} line {line}', 'csv', f'{values.size} values is not a positive multiple of 3')
+        rows.setdefault(row[0].strip(), []).append(values.reshape(-1, 3))
+  except (UnicodeDecodeError, csv.Error) as e:  # binary data, NUL bytes, over-long fields
+    raise _format_error(path, 'csv', f'not a readable text csv ({type(e).__name__}: {e})') from e
   if not rows:
     raise _format_error(path, 'csv', 'no rows')
   tracks = {}
@@ -293,13 +299,11 @@ def read_csv_dataset(csv_path, video_dir, query_mode: str, resolution=(256, 256)
   annotations = _parse_csv(path)
 
   def generate():
-    import mediapy  # pylint: disable=g-import-not-at-top  (lazy: it imports matplotlib)
-    video_lib.ensure_ffmpeg()
     for video_id, (points, occluded) in annotations.items():
       video_path = os.path.join(video_dir, video_id if video_id.endswith('.mp4') else video_id + '.mp4')
       if not os.path.isfile(video_path):
         raise FileNotFoundError(f'video for {video_id!r} of {path} not found: {video_path}')
-      video = np.asarray(mediapy.read_video(video_path))
+      video, _ = video_lib.read_video(video_path)  # undecodable files: ValueError naming the video
       num_frames = min(video.shape[0], points.shape[1])
       video, points, occluded = video[:num_frames], points[:, :num_frames], occluded[:, :num_frames]
       parts = math.ceil(num_frames / CSV_MAX_FRAMES)
@@ -311,6 +315,21 @@ def read_csv_dataset(csv_path, video_dir, query_mode: str, resolution=(256, 256)
   return generate()
 
 
+def _npz_arrays(file: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  keys = ('video', 'points', 'occluded')
+  try:
+    with open(file, 'rb') as f:  # our handle: numpy leaks its own when the zip is damaged
+      data = np.load(f, allow_pickle=False)
+      arrays = {k: data[k] for k in keys if k in data.files} if isinstance(data, np.lib.npyio.NpzFile) else None
+  except Exception as e:  # BadZipFile, zlib.error, EOFError, OSError, ValueError (header, pickled arrays), ...
+    raise _format_error(file, 'npz', f'cannot read it as an .npz archive ({type(e).__name__}: {e})') from e
+  if arrays is None:
+    raise _format_error(file, 'npz', 'it holds a single array, not an .npz archive')
+  if len(arrays) < len(keys):
+    raise _format_error(file, 'npz', f'missing arrays {sorted(set(keys) - set(arrays))}')
+  return arrays['video'], arrays['points'], arrays['occluded']
+
+
 def read_npz_dataset(path_or_dir, query_mode: str, resolution=(256, 256)) -> Iterator[TapVidExample]:
   """Our npz format (module docstring): one file, or every `*.npz` of a directory in sorted order."""
   path = _check_call(path_or_dir, query_mode, kind='any')
@@ -320,17 +339,7 @@ def read_npz_dataset(path_or_dir, query_mode: str, resolution=(256, 256)) -> Ite
 
   def generate():
     for file in files:
-      try:
-        data = np.load(file, allow_pickle=False)
-      except (OSError, EOFError, ValueError) as e:
-        raise _format_error(file, 'npz', f'cannot read it as an .npz archive ({e})') from e
-      if not isinstance(data, np.lib.npyio.NpzFile):
-        raise _format_error(file, 'npz', 'it holds a single array, not an .npz archive')
-      with data:
-        missing = {'video', 'points', 'occluded'} - set(data.files)
-        if missing:
-          raise _format_error(file, 'npz', f'missing arrays {sorted(missing)}')
-        arrays = data['video'], data['points'], data['occluded']
+      arrays = _npz_arrays(file)
       name = os.path.splitext(os.path.basename(file))[0]
       yield make_example(*arrays, name, query_mode, resolution, file, 'npz')
   return generate()

@@ -71,8 +71,8 @@ def mask_query_points(mask: np.ndarray, query_frame: int = 0, stride: int = 8,
 def grid_points(frame_hw: Sequence[int], n: int, query_frame: int = 0) -> np.ndarray:  # [n * n, 3]
   """An n x n grid of queries at pixel centres, evenly spread over the frame (row-major, (t, y, x))."""
   h, w = frame_hw
-  if n < 1 or n > min(h, w):
-    raise ValueError(f'--grid must be in [1, {min(h, w)}] for {h}x{w} frames; got {n}')
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n > min(h, w):
+    raise ValueError(f'--grid must be an integer in [1, {min(h, w)}] for {h}x{w} frames; got {n!r}')
   ys = np.floor((np.arange(n) + 0.5) * h / n) + 0.5
   xs = np.floor((np.arange(n) + 0.5) * w / n) + 0.5
   yy, xx = np.meshgrid(ys, xs, indexing='ij')
@@ -89,7 +89,7 @@ def parse_points(spec: str) -> np.ndarray:  # [n, 3] float32 (t, y, x)
       row = [float(v) for v in item.split(',')]
     except ValueError:
       row = []
-    if len(row) != 3 or not np.isfinite(row).all():
+    if len(row) != 3 or not (np.abs(row) <= np.finfo(np.float32).max).all():  # NaN, inf, float32 overflow
       raise ValueError(f'cannot parse point {item!r}: expected "t,y,x" (frame index, row, column in pixels)')
     rows.append(row)
   if not rows:
@@ -100,14 +100,13 @@ def parse_points(spec: str) -> np.ndarray:  # [n, 3] float32 (t, y, x)
 def load_mask(path: str | os.PathLike, frame_hw: Sequence[int]) -> np.ndarray:  # [h, w] bool
   """Reads a mask image (nonzero = inside; alpha or luminance) that must have the video's frame size."""
   try:
-    image = Image.open(path)
-    image.load()
-  except (OSError, ValueError) as e:
+    with Image.open(path) as image:
+      if image.mode in ('RGBA', 'LA') and np.asarray(image.getchannel('A')).min() < 255:
+        mask = np.asarray(image.getchannel('A')) > 0
+      else:
+        mask = np.asarray(image.convert('L')) > 0
+  except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, struct.error, ... for damaged images
     raise ValueError(f'cannot read mask {path}: {e}') from e
-  if image.mode in ('RGBA', 'LA') and np.asarray(image.getchannel('A')).min() < 255:
-    mask = np.asarray(image.getchannel('A')) > 0
-  else:
-    mask = np.asarray(image.convert('L')) > 0
   if mask.shape != tuple(frame_hw):
     raise ValueError(f'mask {path} is {mask.shape[0]}x{mask.shape[1]} (height x width) but the video frames are '
                      f'{frame_hw[0]}x{frame_hw[1]}')
@@ -125,8 +124,8 @@ def make_query_points(video_shape: Sequence[int], grid: int | None = None, point
   elif points is not None:
     queries = parse_points(points)
   else:
-    if not 0 <= mask_frame < t:
-      raise ValueError(f'--mask_frame {mask_frame} is outside the video (frames 0..{t - 1})')
+    if isinstance(mask_frame, bool) or not isinstance(mask_frame, (int, np.integer)) or not 0 <= mask_frame < t:
+      raise ValueError(f'--mask_frame must be a frame of the video (an integer in 0..{t - 1}); got {mask_frame!r}')
     stride = max(1, min(h, w) // _POINTS_ACROSS)
     queries = mask_query_points(load_mask(mask, (h, w)), mask_frame, stride=stride)
   tapir_lib.check_query_points(queries, (t, h, w, 3))
