@@ -8,7 +8,8 @@ The deterministic core is `track_points(example, query_points_src, crop_window)`
 -> 3-D points (background: unprojected through depth, static; objects: object coordinates mapped through each
 frame's 3-D box) -> reprojected per frame, with the occlusion rule (behind the camera, depth test with a 1%
 tolerance over the 4 nearest pixels, segment test, outside the crop window, back-facing object surface).
-`make_training_example` adds the random choices around it: crop window, query grid, per-segment quotas and draws.
+`make_training_example` adds the random choices around it: crop window, query grid, per-segment quotas and draws,
+and (off by default) the reference's `snap_to_occluder` (see `erode_segmentations` and `snap_query_pixels`).
 """
 
 from typing import Mapping, NamedTuple, Sequence
@@ -16,6 +17,7 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 
 from tapir.data import geometry
+from tapir.data.kubric_snap import erode_segmentations, snap_query_pixels
 # Camera geometry lives in `geometry`; `project` and `unproject` stay public names of this module too.
 from tapir.data.geometry import project, quaternion_to_matrix, unproject
 
@@ -118,8 +120,13 @@ def track_points(
     example: Mapping[str, np.ndarray],
     query_points_src: np.ndarray,  # [n, 3] int (t, row, col) source pixels
     crop_window: Sequence[int] | None = None,  # [y0, x0, y1, x1] source pixels, max exclusive
+    snap_to_occluder: bool = False,
 ) -> Tracks:
-  """Tracks of the given source pixels through the clip, in the crop window's (source-sized) raster."""
+  """Tracks of the given source pixels through the clip, in the crop window's (source-sized) raster.
+
+  With `snap_to_occluder`, the segment test reads `erode_segmentations` (as the reference does); each track's
+  segment id is still read from the plain segmentation (the same at every pixel the eroded map lets one sample).
+  """
   depth = decode_depth(example)
   t, h, w = depth.shape
   y0, x0, y1, x1 = (0, 0, h, w) if crop_window is None else [int(v) for v in crop_window]
@@ -155,14 +162,23 @@ def track_points(
   y = projected[..., 1] * h
   point_depth = np.linalg.norm(points - matrix_world[None, :, :3, 3], axis=-1)
   occluded = projected[..., 2] < 0
-  occluded |= depth_segment_occluded(x, y, point_depth, segment, depth, segmentations)
+  test_segments = erode_segmentations(segmentations, depth) if snap_to_occluder else segmentations
+  occluded |= depth_segment_occluded(x, y, point_depth, segment, depth, test_segments)
   occluded |= (y < y0) | (x < x0) | (y > y1) | (x > x1)
   occluded |= back_facing
 
   target = np.stack([(x - x0) / (x1 - x0) * w, (y - y0) / (y1 - y0) * h], -1).astype(np.float32)
-  query = np.stack([frames, (rows + 0.5 - y0) / (y1 - y0) * h, (cols + 0.5 - x0) / (x1 - x0) * w],
-                   -1).astype(np.float32)
+  query = query_raster(query_points_src, (y0, x0, y1, x1), h, w)
   return Tracks(target_points=target, occluded=occluded, query_points=query)
+
+
+def query_raster(pixels: np.ndarray,  # [n, 3] int (t, row, col) source pixels
+                 crop_window: Sequence[int], h: int, w: int) -> np.ndarray:  # [n, 3] float32 (t, y, x)
+  """Source pixels -> query points at their pixel centres, in the crop window's (source-sized) raster."""
+  frames, rows, cols = (np.asarray(pixels, np.int64)[:, i] for i in range(3))
+  y0, x0, y1, x1 = crop_window
+  return np.stack([frames, (rows + 0.5 - y0) / (y1 - y0) * h, (cols + 0.5 - x0) / (x1 - x0) * w],
+                  -1).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -206,7 +222,7 @@ def sample_crop_window(rng: np.random.Generator, h: int, w: int, min_object_cove
 def sample_query_pixels(rng: np.random.Generator, segmentations: np.ndarray, crop_window: Sequence[int],
                         tracks_to_sample: int, sampling_stride: int = STRIDE, max_sampled_frac: float = 0.1,
                         max_seg_id: int = MAX_SEG_ID) -> np.ndarray:
-  """[n, 3] (t, row, col) source pixels on a random strided grid, with per-segment quotas."""
+  """[n, 3] (t, row, col) source pixels on a random strided grid, with per-segment quotas (-1 ids: never)."""
   t = segmentations.shape[0]
   y0, x0, y1, x1 = crop_window
   ot, oy, ox = rng.integers(0, sampling_stride, 3)
@@ -214,7 +230,7 @@ def sample_query_pixels(rng: np.random.Generator, segmentations: np.ndarray, cro
                            np.arange(x0 + ox, x1, sampling_stride), indexing='ij')
   grid = np.stack([ts.ravel(), ys.ravel(), xs.ravel()], -1)
   seg = segmentations[grid[:, 0], grid[:, 1], grid[:, 2]].astype(np.int64)
-  counts = np.bincount(seg, minlength=seg.max() + 1)
+  counts = np.bincount(seg[seg >= 0])  # -1: masked by erode_segmentations
   quotas = get_num_to_sample(counts, tracks_to_sample, max_sampled_frac, max_seg_id)
   chosen = []
   for k in range(max_seg_id):
@@ -248,22 +264,32 @@ def resize_bilinear_legacy(video: np.ndarray, size: Sequence[int]) -> np.ndarray
 def make_training_example(example: Mapping[str, np.ndarray], rng: np.random.Generator, tracks_to_sample: int = 256,
                           sampling_stride: int = STRIDE, max_seg_id: int = MAX_SEG_ID,
                           max_sampled_frac: float = 0.1, random_crop: bool = True,
-                          train_size: Sequence[int] = (256, 256), vflip: bool = False) -> dict[str, np.ndarray]:
+                          train_size: Sequence[int] = (256, 256), vflip: bool = False,
+                          snap_to_occluder: bool = False) -> dict[str, np.ndarray]:
   """A training example: video [t, h', w', 3] in [-1, 1], query_points [n, 3], target_points [n, t, 2],
   occluded [n, t], crop_window [4]. Fewer drawn tracks than `tracks_to_sample` are padded by repetition.
 
   `vflip` is the reference's evaluation option (spec 3.8, a quirk kept for parity): the video's rows are flipped
   and the y coordinates of queries and targets are *negated* (y -> -y), not mirrored to h' - y, so they no
   longer lie on the flipped video. `tapir.data.tapvid.read_kubric` mirrors instead (see there).
+
+  `snap_to_occluder` (reference option, default off as in TAPIR's training): queries are sampled from
+  `erode_segmentations`, whose masked pixels also fail the segment test, then moved by `snap_query_pixels`
+  (the random draws come after the query draws, before padding), so queries within 1 px of an occluder's edge
+  track the occluder rather than the surface behind it.
   """
   video = np.asarray(example['video'])
   t, h, w = video.shape[:3]
   window = sample_crop_window(rng, h, w) if random_crop else np.array([0, 0, h, w], np.int32)
   segmentations = np.asarray(example['segmentations'][..., 0])
+  if snap_to_occluder:
+    segmentations = erode_segmentations(segmentations, decode_depth(example))
   pixels = sample_query_pixels(rng, segmentations, window, tracks_to_sample, sampling_stride, max_sampled_frac,
                                max_seg_id)
-  tracks = track_points(example, pixels, window)
+  tracks = track_points(example, pixels, window, snap_to_occluder)
   target, occluded, query = tracks.target_points, tracks.occluded, tracks.query_points
+  if snap_to_occluder:
+    query = query_raster(snap_query_pixels(rng, pixels, decode_depth(example)), window, h, w)
   if 0 < len(query) < tracks_to_sample:  # reference quirk: pad with the second-to-last real row
     pad = tracks_to_sample - len(query)
     row = max(len(query) - 2, 0)
