@@ -38,6 +38,8 @@ _RESIZE = flags.DEFINE_integer('resize', None, 'square size the model runs at; 0
 _SAVE = flags.DEFINE_string('save', None, '.npz for tracks [n, t, 2] (x, y), visible [n, t], query_points [n, 3]')
 _CHUNK = flags.DEFINE_integer('query_chunk_size', 64, 'queries per model call (offline)')
 _TRAIL = flags.DEFINE_integer('trail', 8, 'frames of fading trail behind each point')
+_STYLE = flags.DEFINE_enum('style', 'trails', list(cli.STYLES), 'trails: fading trails in the image; rainbow: '
+                           'camera-compensated trails (background motion removed; offline only)')
 _RANDOM = flags.DEFINE_bool('random_weights', False, 'run untrained weights when no --checkpoint (testing only)')
 _OVERRIDES = flags.DEFINE_string('model_overrides', None,
                                  'JSON object of TAPIR arguments on top of the preset, e.g. {"num_mixer_blocks": 1}')
@@ -55,7 +57,7 @@ def main(argv):
         _VIDEO.value, _OUT.value, _CHECKPOINT.value, _PRESET.value, grid=_GRID.value, points=_POINTS.value,
         mask=_MASK.value, mask_frame=_MASK_FRAME.value, online=_ONLINE.value, resize=_RESIZE.value,
         save_path=_SAVE.value, query_chunk_size=_CHUNK.value, random_weights=_RANDOM.value,
-        model_overrides=_OVERRIDES.value, trail=_TRAIL.value)
+        model_overrides=_OVERRIDES.value, trail=_TRAIL.value, style=_STYLE.value)
   except (ValueError, FileNotFoundError) as e:  # bad inputs: name the problem without a traceback
     sys.exit(f'error: {e}')
 

@@ -244,3 +244,13 @@ def test_tapnet_preset_tracks_a_file_offline(video_path, tmp_path):
   assert video_io.read_video(tmp_path / 'out.mp4')[0].shape == (T, H, W, 3)
   with pytest.raises(ValueError, match='online=True needs a causal TAPIR.*tapnet model'):
     track_video.track_file(video_path, None, checkpoint, 'tapnet', grid=3, online=True, progress=False)
+
+
+def test_rainbow_style_paints_the_whole_video_offline(video_path, tiny_checkpoint, tmp_path):
+  result = _run_file(video_path, tiny_checkpoint, tmp_path, grid=3, style='rainbow')
+  painted, _ = video_io.read_video(tmp_path / 'out.mp4')
+  assert painted.shape == (T, H, W, 3) and result.tracks.shape == (9, T, 2)
+  with pytest.raises(ValueError, match="style='rainbow' needs every frame"):
+    _run_file(video_path, tiny_checkpoint, tmp_path, style='rainbow', online=True)
+  with pytest.raises(ValueError, match='style must be one of'):
+    _run_file(video_path, tiny_checkpoint, tmp_path, style='sparkles')

@@ -28,6 +28,9 @@ from tapir.tracking import loader
 from tapir.tracking import online as online_lib
 from tapir.tracking import paint
 from tapir.tracking import queries as queries_lib
+from tapir.tracking import rainbow
+
+STYLES = ('trails', 'rainbow')  # how `track_file` paints: image-space trails, or camera-compensated ones
 
 
 class TrackResult(NamedTuple):
@@ -131,11 +134,13 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
                grid: int | None = None, points: str | None = None, mask: str | None = None,
                mask_frame: int = 0, online: bool = False, resize: int | None = None, save_path: str | None = None,
                query_chunk_size: int = 64, random_weights: bool = False, model_overrides: str | None = None,
-               trail: int = 8, progress: bool = True) -> TrackResult:
+               trail: int = 8, progress: bool = True, style: str = 'trails') -> TrackResult:
   """Reads `video_path`, tracks the queries, writes the painted video to `out_path` (at the input's size and
   frame rate) and, with `save_path`, the tracks to an `.npz`. `resize` is the square model input size, 0 for
   the video's own size, None for the model's own resolution (256 for the released models). Arguments
-  mirror the flags of `experiments.track`; inputs are validated before any model is built.
+  mirror the flags of `experiments.track`; inputs are validated before any model is built. `style` is 'trails'
+  (fading trails in image coordinates) or 'rainbow' (camera-compensated trails, `tapir.tracking.rainbow`; it
+  needs the whole tracks, so it paints offline from the decoded video, holding it in memory).
 
   Video frames are streamed (module docstring): `online` holds O(1) frames; offline holds the video at the
   model's input size. Only the tracks, [n, t] per point, grow with the video's length.
@@ -145,6 +150,10 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
   queries_lib.check_positive_int(query_chunk_size, 'query_chunk_size')
   if trail < 0:
     raise ValueError(f'trail must be >= 0; got {trail}')
+  if style not in STYLES:
+    raise ValueError(f'style must be one of {STYLES}; got {style!r}')
+  if style == 'rainbow' and online:
+    raise ValueError("style='rainbow' needs every frame's tracks before it paints: track offline (online=False)")
   info = video_io.probe(video_path)
   shape = (info.num_frames, info.height, info.width, 3)
   query_points = queries_lib.make_query_points(shape, grid, points, mask, mask_frame)  # checked against the video
@@ -156,7 +165,12 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
     resize_to = tracker.resize_to
   elif resize is None:
     resize_to = tracker.resolution
-  tracks, visible = track_and_paint(tracker, video_path, out_path, query_points, resize_to, trail, progress, info)
+  tracks, visible = track_and_paint(tracker, video_path, out_path if style == 'trails' else None, query_points,
+                                    resize_to, trail, progress, info)
+  if style == 'rainbow' and out_path:
+    video, _ = video_io.read_video(video_path)
+    video_io.write_video(out_path, rainbow.paint_rainbow(video[:tracks.shape[1]], tracks, visible, trail=trail),
+                         info.fps)
   result = TrackResult(tracks=tracks, visible=visible, query_points=query_points, fps=info.fps)
   if out_path:
     logging.info('wrote %s (%d frames, %dx%d, %.3g fps)', out_path, tracks.shape[1], *shape[1:3], info.fps)
