@@ -94,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
       shuffle_buffer=128,
       color_augmentation=True,
       random_crop=True,
+      snap_to_occluder=False,  # MOVi-E: queries near depth edges jump onto the hidden surface (Kubric's option)
       custom_factory='',  # 'package.module:function' returning an iterable of example dicts
       synthetic_static_objects=(8, 14),  # built-in scenes: objects resting on the floor (min, max)
       synthetic_dynamic_objects=(1, 3),  # and moving ones

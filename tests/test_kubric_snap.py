@@ -152,3 +152,21 @@ def test_default_is_the_old_pipeline_exactly(golden_dir, seed, random_crop):
     np.testing.assert_array_equal(out[key], explicit[key])
   snapped = make(snap_to_occluder=True)  # the option changes the draws, so it must not leak into the default
   assert _digest(snapped) != OLD_DIGESTS[seed, random_crop]
+
+
+def test_the_training_pipeline_passes_snap_to_occluder_through(golden_dir):
+  """`pipeline.convert` (what the MOVi-E stream runs per example) gives make_training_example's output with and
+  without the option, and the config carries it (off by default)."""
+  from configs import tapir as tapir_configs  # pylint: disable=g-import-not-at-top
+  from tapir.data import pipeline  # pylint: disable=g-import-not-at-top
+  data = np.load(golden_dir / 'kubric_tracks_tiny.npz')
+  example = {k[len('input/'):]: data[k] for k in data.files if k.startswith('input/')}
+  for snap in (False, True):
+    via = pipeline.convert(example, 3, 64, (32, 32), False, False, snap_to_occluder=snap)
+    direct = kubric.make_training_example(example, np.random.default_rng(3), tracks_to_sample=64, random_crop=False,
+                                          train_size=(32, 32), snap_to_occluder=snap)
+    for key in via:
+      np.testing.assert_array_equal(via[key], direct[key], err_msg=f'{key} snap={snap}')
+  assert _digest(pipeline.convert(example, 3, 64, (32, 32), False, False, snap_to_occluder=True)) != _digest(
+      pipeline.convert(example, 3, 64, (32, 32), False, False))
+  assert tapir_configs.get_config().data.snap_to_occluder is False

@@ -39,11 +39,12 @@ def flatten(example: Mapping[str, Any], prefix: str = '') -> dict[str, np.ndarra
 
 
 def convert(example: Mapping[str, np.ndarray], seed: int, tracks_to_sample: int, train_size, random_crop: bool,
-            color_augmentation: bool) -> dict[str, np.ndarray]:
-  """One MOVi-E example -> a training example (the random choices drawn from `seed`)."""
+            color_augmentation: bool, snap_to_occluder: bool = False) -> dict[str, np.ndarray]:
+  """One MOVi-E example -> a training example (the random choices drawn from `seed`; `snap_to_occluder` as in
+  `tapir.data.kubric.make_training_example`)."""
   rng = np.random.default_rng(seed)
   out = kubric.make_training_example(example, rng, tracks_to_sample=tracks_to_sample, random_crop=random_crop,
-                                     train_size=tuple(train_size))
+                                     train_size=tuple(train_size), snap_to_occluder=snap_to_occluder)
   out = {k: out[k] for k in EXAMPLE_KEYS}
   if color_augmentation:
     out['video'] = kubric.color_augment(out['video'], rng)
@@ -61,8 +62,8 @@ def stack_clips(clips: Sequence[Mapping[str, np.ndarray]], devices: int, per_dev
 def batches_from_examples(examples: Iterable[Mapping[str, np.ndarray]], per_device_batch: int,
                           tracks_to_sample: int = 256, train_size=(256, 256), random_crop: bool = True,
                           color_augmentation: bool = True, seed: int = 0, num_workers: int = 4,
-                          local_devices: int | None = None,
-                          start_index: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                          local_devices: int | None = None, start_index: int = 0,
+                          snap_to_occluder: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """MOVi-E example dicts (flat or nested) -> batches [local_devices, per_device_batch, ...].
 
   The first example is example `start_index` of this process's stream: its random choices (crop, queries,
@@ -76,7 +77,7 @@ def batches_from_examples(examples: Iterable[Mapping[str, np.ndarray]], per_devi
 
   def work(index, example):
     return convert(flatten(example), base + index * jax.process_count(), tracks_to_sample, train_size, random_crop,
-                   color_augmentation)
+                   color_augmentation, snap_to_occluder)
 
   # `Executor.map` would drain an endless (repeated) dataset up front; keep a bounded window of work in flight.
   with futures.ThreadPoolExecutor(num_workers) as pool:
@@ -117,7 +118,8 @@ def tf_dataset_examples(dataset, shuffle_buffer: int, seed: int, repeat: bool = 
 def movi_e_dataset(data_dir: str | None = None, name: str = 'movi_e/256x256', split: str = 'train',
                    per_device_batch: int = 8, tracks_to_sample: int = 256, train_size=(256, 256),
                    shuffle_buffer: int = 128, random_crop: bool = True, color_augmentation: bool = True,
-                   seed: int = 0, num_workers: int = 8, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                   seed: int = 0, num_workers: int = 8, start_batch: int = 0,
+                   snap_to_occluder: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Training batches from a TFDS MOVi-E dataset (`name` may be e.g. 'panning_movi_e/256x256').
 
   The stream starts at batch `start_batch` of the stream of `seed` (a run resumed at step k passes k).
@@ -141,4 +143,5 @@ def movi_e_dataset(data_dir: str | None = None, name: str = 'movi_e/256x256', sp
   skip = start_batch * jax.local_device_count() * per_device_batch
   examples = tf_dataset_examples(dataset, shuffle_buffer, seed, skip=skip, decode=decode)
   return batches_from_examples(examples, per_device_batch, tracks_to_sample, train_size, random_crop,
-                               color_augmentation, seed, num_workers, start_index=skip)
+                               color_augmentation, seed, num_workers, start_index=skip,
+                               snap_to_occluder=snap_to_occluder)

@@ -171,7 +171,7 @@ def train_batches(config, start_step: int = 0) -> Iterator[Batch]:
         per_device_batch=config.data.per_device_batch, tracks_to_sample=config.data.tracks_per_clip,
         train_size=tuple(config.data.train_hw), shuffle_buffer=config.data.shuffle_buffer,
         random_crop=config.data.random_crop, color_augmentation=config.data.color_augmentation,
-        seed=config.seed, start_batch=start_step)
+        seed=config.seed, start_batch=start_step, snap_to_occluder=config.data.get('snap_to_occluder', False))
   raise ValueError(f"unknown data.source {source!r}: use 'synthetic', 'movi_e' or 'custom'")
 
 
