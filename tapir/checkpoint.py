@@ -70,9 +70,9 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
     magic = f.read(len(checkpoint_io.NPY_MAGIC))
     head = magic + f.read(10)  # safetensors: 8-byte header length, then '{'
     f.seek(0)
-    if checkpoint_torch.is_safetensors(head) or (magic.startswith(checkpoint_io.ZIP_MAGIC)
-                                                 and checkpoint_torch.is_torch_zip(path)):
-      fmt = 'safetensors' if checkpoint_torch.is_safetensors(head) else 'torch'  # the PyTorch port's weights
+    safetensors = checkpoint_torch.is_safetensors(head)
+    if safetensors or (magic.startswith(checkpoint_io.ZIP_MAGIC) and checkpoint_torch.is_torch_zip(path)):
+      fmt = 'safetensors' if safetensors else 'torch'  # the PyTorch port's weights
       params, state, kwargs = checkpoint_torch.read_torch_checkpoint(path)
       extra = {}
     elif magic.startswith(checkpoint_io.ZIP_MAGIC):
@@ -102,7 +102,7 @@ def read_checkpoint(path: str | os.PathLike) -> CheckpointContents:
   extra = dict(extra)
   family = extra.pop(FAMILY_KEY, None)
   if family is None:
-    family = next((f.name for f in families.FAMILIES.values() if f.owns(params)), None)
+    family = families.name_of_params(params)
   elif family not in families.FAMILIES:
     raise ValueError(f'{path}: stored model family {family!r} is not one of {sorted(families.FAMILIES)}')
   return CheckpointContents(_to_numpy_tree(params), _to_numpy_tree(state), kwargs, fmt, extra, family)
@@ -143,7 +143,7 @@ def save_checkpoint(path: str | os.PathLike, params: Params, state: Params | Non
       raise ValueError(f'family={family!r} but the parameters are not a {family} model\'s (module paths '
                        f'{sorted(params)[:2]}...)')
   else:
-    family = next((f.name for f in families.FAMILIES.values() if f.owns(params)), None)
+    family = families.name_of_params(params)
   if family is not None:
     extra[FAMILY_KEY] = family
   if format == 'official':

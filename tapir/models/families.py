@@ -155,6 +155,11 @@ def of_preset(preset: str) -> ModelFamily:
   raise ValueError(f'unknown preset {preset!r}; choose one of {sorted(PRESETS)}')
 
 
+def name_of_params(params: Mapping[str, Any]) -> str | None:
+  """The name of the family whose module paths `params` has, or None when none fits."""
+  return next((f.name for f in FAMILIES.values() if f.owns(params)), None)
+
+
 def of_params(params: Mapping[str, Any]) -> ModelFamily:
   """The family whose module paths `params` has; ValueError when none (or a mix) fits."""
   for family in FAMILIES.values():
