@@ -10,6 +10,13 @@ The model trained by the README's main command (configs/tapir.py:cpu; it runs at
 8-frame scenes rendered and scored at 256x256:
   python -m experiments.evaluate --config configs/evaluate.py:cpu --workdir /tmp/tapir_cpu/eval
 
+Real photographs with known motion (`tapir.data.realpix`: no download; 30 held-out 24-frame 256x256 clips of
+photographs moved by exact homographies and elastic warps, with cut-outs occluding them):
+  python -m experiments.evaluate --config configs/evaluate.py:realpix --workdir /tmp/tapir_eval \
+      --config.checkpoint=checkpoints/tapir_checkpoint_panning.npy
+  and the model of configs/tapir.py:cpu (run at 64x64; 50 8-frame clips rendered and scored at 256x256):
+  python -m experiments.evaluate --config configs/evaluate.py:realpix_cpu --workdir /tmp/tapir_cpu/eval_realpix
+
 The released TAP-Net baseline on the same data: --config.checkpoint=checkpoints/tapnet_checkpoint.npy (the family
 is read off the checkpoint; whole video in one call at 256x256, as the reference).
 
@@ -19,9 +26,10 @@ TAP-Vid-DAVIS with the released TAPIR (after scripts/download_checkpoints.sh and
       --config.path=tapvid/tapvid_davis/tapvid_davis.pkl
   Expect (TAPIR paper / released checkpoint, 256x256): 'first' AJ ~ 56-63, 'strided' AJ ~ 62-66.
 
-Fields: `dataset` ('synthetic', 'davis', 'rgb_stacking', 'kinetics', 'robotap', 'csv', 'npz', 'kubric', 'jhmdb')
-and its `path` (`video_dir` too for 'csv'; for 'kubric' a TFDS data dir, with `kubric.dataset` / `split` / `vflip`
-/ `seed` / `num_videos` (0 = all); for 'jhmdb' the dataset root, scored with PCK, `query_modes` unused);
+Fields: `dataset` ('synthetic', 'realpix', 'davis', 'rgb_stacking', 'kinetics', 'robotap', 'csv', 'npz', 'kubric',
+'jhmdb') and its `path` (none for 'synthetic' and 'realpix', sized by `synthetic` / `realpix`: num_videos,
+num_frames, hw, tracks; `video_dir` too for 'csv'; for 'kubric' a TFDS data dir, with `kubric.dataset` / `split`
+/ `vflip` / `seed` / `num_videos` (0 = all); for 'jhmdb' the dataset root, scored with PCK, `query_modes` unused);
 `query_modes`; `checkpoint` and `preset` (or '' to read the family and architecture off the checkpoint);
 `resolution_hw` the model runs at; `full_resolution` runs at each video's own size instead (predictions
 rescaled to 256x256 for scoring, reported separately as the benchmark requires).
@@ -48,11 +56,16 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
   c.full_resolution = False
   c.query_chunk_size = 64
   c.baselines = ('zero_motion',)
-  c.synthetic = ml_collections.ConfigDict(dict(num_videos=30, num_frames=24, hw=(256, 256), tracks=256))
+  # kind: the built-in scenes' kind ('photographic' or 'procedural', `tapir.data.synthetic.SCENE_KINDS`)
+  c.synthetic = ml_collections.ConfigDict(dict(num_videos=30, num_frames=24, hw=(256, 256), tracks=256,
+                                               kind='photographic'))
+  c.realpix = ml_collections.ConfigDict(dict(num_videos=30, num_frames=24, hw=(256, 256), tracks=256))
   c.kubric = ml_collections.ConfigDict(dict(dataset='movi_e/256x256', split='validation', vflip=False, seed=0,
                                             num_videos=0))
   if preset in ('davis', 'rgb_stacking', 'kinetics', 'robotap', 'kubric', 'jhmdb'):
     c.dataset = preset
+  elif preset == 'realpix':
+    c.dataset = 'realpix'
   elif preset == 'kubric_vflip':
     c.dataset = 'kubric'
     c.kubric.vflip = True
@@ -61,9 +74,15 @@ def get_config(preset: str = '') -> ml_collections.ConfigDict:
     c.checkpoint = '/tmp/tapir_cpu/tapir_checkpoint.npz'
     c.resolution_hw = (64, 64)
     c.synthetic.update(num_videos=50, num_frames=8)  # rendered and scored at 256x256
+  elif preset == 'realpix_cpu':
+    # The model of `configs/tapir.py:cpu` on realpix clips as long as its training clips (8 frames, 64x64).
+    c.dataset = 'realpix'
+    c.checkpoint = '/tmp/tapir_cpu/tapir_checkpoint.npz'
+    c.resolution_hw = (64, 64)
+    c.realpix.update(num_videos=50, num_frames=8)  # rendered and scored at 256x256
   elif preset:
     raise ValueError(f'unknown preset {preset!r}: use davis, rgb_stacking, kinetics, robotap, kubric, '
-                     'kubric_vflip, jhmdb or cpu')
+                     'kubric_vflip, jhmdb, cpu, realpix or realpix_cpu')
   config_fields.add_placeholders(c, config_fields.EVALUATION_RENAMES)
   c.lock()
   return c

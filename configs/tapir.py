@@ -96,6 +96,8 @@ def base_config() -> ml_collections.ConfigDict:
       random_crop=True,
       snap_to_occluder=False,  # MOVi-E: queries near depth edges jump onto the hidden surface (Kubric's option)
       custom_factory='',  # 'package.module:function' returning an iterable of example dicts
+      synthetic_kind='photographic',  # built-in scenes: 'photographic' (photographs, shadows, a real camera) or
+      #                                 'procedural' (solid patterns, flat light, a perfect camera): SCENE_KINDS
       synthetic_static_objects=(8, 14),  # built-in scenes: objects resting on the floor (min, max)
       synthetic_dynamic_objects=(1, 3),  # and moving ones
       prefetch=2,  # batches made and put on the devices ahead of the step, in a background thread
@@ -103,11 +105,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict(dict(
       every_steps=10_000,
-      dataset='synthetic',  # 'synthetic', or a TAP-Vid reader name ('davis', 'rgb_stacking', ...)
+      dataset='synthetic',  # 'synthetic', 'realpix' (real photographs, known motion) or a TAP-Vid reader name
       path='',
       query_modes=('strided',),  # several: metrics are reported as '<mode>/<name>'
-      num_videos=20,  # synthetic set size
-      synthetic_hw=(256, 256),  # synthetic videos are rendered and scored at TAP-Vid's 256x256
+      num_videos=20,  # synthetic / realpix set size
+      synthetic_hw=(256, 256),  # synthetic and realpix videos are rendered and scored at TAP-Vid's 256x256
+      synthetic_kind='photographic',  # the held-out built-in scenes' kind (see data.synthetic_kind)
       tracks=256,  # synthetic tracks per video (before de-duplication)
       query_chunk_size=16,
   ))

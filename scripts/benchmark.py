@@ -51,12 +51,16 @@ CASES = {
         dict(kind='train_cpu_preset'),
         dict(kind='train_cpu_preset', dense=False),
         dict(kind='train_cpu_preset', data=True),
+        dict(kind='render_cpu_batch', scenes='photographic'),
+        dict(kind='render_cpu_batch', scenes='procedural'),
     ],
     'quick': [
         dict(kind='offline', frames=8, size=128, points=64),
         dict(kind='online', frames=8, size=128, points=64),
         dict(kind='train_cpu_preset'),
         dict(kind='train_cpu_preset', data=True),
+        dict(kind='render_cpu_batch', scenes='photographic'),
+        dict(kind='render_cpu_batch', scenes='procedural'),
     ],
 }
 
@@ -80,7 +84,15 @@ def run_case(case: dict, repeats: int) -> dict:
 
   rng = np.random.default_rng(0)
   kind = case['kind']
-  if kind == 'train_cpu_preset':
+  if kind == 'render_cpu_batch':  # one `cpu` batch of built-in scenes: rendering + track conversion, one thread
+    from tapir.data import streams  # pylint: disable=g-import-not-at-top
+    config = tapir_configs.get_config('cpu')
+    config.data.synthetic_kind = case['scenes']
+    batches = streams.train_batches(config, 0)
+    run = lambda: next(batches)
+    frames, size, points, batch = (config.data.num_frames, config.data.train_hw[0], config.data.tracks_per_clip,
+                                   config.data.per_device_batch)
+  elif kind == 'train_cpu_preset':
     config = tapir_configs.get_config('cpu')
     kwargs = dict(config.model)
     kwargs = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in kwargs.items()}
@@ -103,12 +115,14 @@ def run_case(case: dict, repeats: int) -> dict:
     frames, size, points, batch = case['frames'], case['size'], case['points'], case.get('batch', 1)
     chunk = case.get('chunk', 64)
 
-  video = jnp.asarray(rng.uniform(-1, 1, (batch, frames, size, size, 3)).astype(np.float32))
+  video = jnp.asarray(rng.uniform(-1, 1, (batch, frames, size, size, 3)).astype(np.float32))  # unused by renders
   queries = np.stack([rng.integers(0, frames, (batch, points)), rng.uniform(0, size, (batch, points)),
                       rng.uniform(0, size, (batch, points))], -1).astype(np.float32)
   queries = jnp.asarray(queries)
 
-  if kind == 'offline':
+  if kind == 'render_cpu_batch':
+    pass
+  elif kind == 'offline':
     params, state = tracker_lib.init_params(kwargs)
     apply = jax.jit(hk.transform_with_state(
         lambda v, q: tapir.TAPIR(**kwargs)(v, False, q, query_chunk_size=chunk)).apply)
@@ -185,6 +199,8 @@ def describe_machine() -> str:
 def _label(r) -> str:
   c = r['case']
   kind = c['kind']
+  if kind == 'render_cpu_batch':
+    return f"render one `configs/tapir.py:cpu` batch ({c['scenes']} scenes, one thread)"
   if kind == 'train_cpu_preset':
     return 'train step, `configs/tapir.py:cpu`' + (' (gather patches)' if c.get('dense') is False else '') + (
         ' (built-in scene stream)' if c.get('data') else ' (fixed batch)')

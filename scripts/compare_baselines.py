@@ -11,6 +11,9 @@ Released checkpoints on TAP-Vid-DAVIS (after scripts/download_checkpoints.sh and
       --tapnet_checkpoint checkpoints/tapnet_checkpoint.npy --tapnet_resolution 256,256 \
       --tapir_checkpoint checkpoints/tapir_checkpoint_panning.npy --tapir_preset tapir --tapir_resolution 256,256
 
+The same models on real photographs with known motion (`tapir.data.realpix`, no download):
+  python scripts/compare_baselines.py --dataset realpix --output /tmp/baselines_realpix.md
+
 An empty checkpoint flag leaves that model out. TAP-Net runs each whole video in one call (any length) at
 `--tapnet_resolution`; TAPIR at `--tapir_resolution` (default: the resolution it was built for).
 """
@@ -36,12 +39,15 @@ _TAPNET_RES = flags.DEFINE_list('tapnet_resolution', ['64', '64'], 'height,width
 _TAPIR = flags.DEFINE_string('tapir_checkpoint', '/tmp/tapir_cpu/tapir_checkpoint.npz', 'TAPIR weights')
 _TAPIR_PRESET = flags.DEFINE_string('tapir_preset', '', "TAPIR preset for released files ('': stored settings)")
 _TAPIR_RES = flags.DEFINE_list('tapir_resolution', [], 'height,width TAPIR runs at (default: its own)')
-_DATASET = flags.DEFINE_string('dataset', 'synthetic', "'synthetic' (built-in held-out scenes) or a TAP-Vid reader")
+_DATASET = flags.DEFINE_string('dataset', 'synthetic', "'synthetic' (built-in held-out scenes), 'realpix' (real "
+                               "photographs, known motion) or a TAP-Vid reader")
 _PATH = flags.DEFINE_string('path', '', 'TAP-Vid dataset path')
 _MODES = flags.DEFINE_list('query_modes', ['first', 'strided'], 'query modes')
-_NUM_VIDEOS = flags.DEFINE_integer('num_videos', 50, 'synthetic: number of held-out scenes')
-_NUM_FRAMES = flags.DEFINE_integer('num_frames', 8, 'synthetic: frames per scene')
-_SIZE = flags.DEFINE_list('size', ['256', '256'], 'synthetic: height,width rendered and scored at')
+_NUM_VIDEOS = flags.DEFINE_integer('num_videos', 50, 'synthetic / realpix: number of held-out clips')
+_NUM_FRAMES = flags.DEFINE_integer('num_frames', 8, 'synthetic / realpix: frames per clip')
+_SCENE_KIND = flags.DEFINE_enum('scene_kind', 'photographic', ['photographic', 'procedural'],
+                                  'synthetic: the built-in scenes\' kind (tapir.data.synthetic.SCENE_KINDS)')
+_SIZE = flags.DEFINE_list('size', ['256', '256'], 'synthetic / realpix: height,width rendered and scored at')
 _CHUNK = flags.DEFINE_integer('query_chunk_size', 64, 'queries per model call')
 _OUTPUT = flags.DEFINE_string('output', '', 'write the markdown table here too')
 
@@ -69,8 +75,13 @@ def examples(query_mode: str):
   if _DATASET.value == 'synthetic':
     from tapir.data import synthetic
     h, w = _hw(_SIZE.value, 'size')
-    scenes = synthetic.SceneConfig(height=h, width=w, num_frames=_NUM_FRAMES.value)
+    scenes = synthetic.SceneConfig.of_kind(_SCENE_KIND.value, height=h, width=w, num_frames=_NUM_FRAMES.value)
     return streams.synthetic_evaluation_set(_NUM_VIDEOS.value, query_mode, scenes)
+  if _DATASET.value == 'realpix':
+    from tapir.data import realpix
+    h, w = _hw(_SIZE.value, 'size')
+    clips = realpix.RealPixConfig(height=h, width=w, num_frames=_NUM_FRAMES.value)
+    return realpix.evaluation_examples(_NUM_VIDEOS.value, query_mode, clips)
   return tapvid.open_dataset(_DATASET.value, _PATH.value, query_mode)
 
 

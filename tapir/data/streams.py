@@ -10,8 +10,10 @@ Each process reads its own shard: example indices are interleaved by `jax.proces
 is a function of (seed, k), so a run resumed at step k sees the batches an uninterrupted run would have seen.
 The trainer runs the stream in a background thread a few batches ahead (`Prefetcher`).
 
-Evaluation (`config.eval`): the held-out synthetic set (`synthetic.EVAL_SEEDS`; rendered once per process and
-kept in memory, see `synthetic_evaluation_set`), or a TAP-Vid reader by name.
+Evaluation (`config.eval.dataset`): 'synthetic', the held-out synthetic set (`synthetic.EVAL_SEEDS`; rendered
+once per process and kept in memory, see `synthetic_evaluation_set`); 'realpix', real photographs moved by known
+maps (`tapir.data.realpix`, its `EVAL_SEEDS`, 24 frames at `eval.synthetic_hw`, also kept in memory); or a
+TAP-Vid reader by name.
 """
 
 import importlib
@@ -32,13 +34,15 @@ from tapir.data import validation
 Batch = dict[str, np.ndarray]
 
 
-def scene_config(config, size=None):
-  """The synthetic SceneConfig matching the training clips (at `size` (h, w) if given)."""
+def scene_config(config, size=None, kind=None):
+  """The synthetic SceneConfig matching the training clips (at `size` (h, w) and of scene kind `kind` if given;
+  by default `config.data.synthetic_kind`)."""
   from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
   h, w = size or config.data.train_hw
-  return synthetic.SceneConfig(height=h, width=w, num_frames=config.data.num_frames,
-                               num_static_objects=tuple(config.data.synthetic_static_objects),
-                               num_dynamic_objects=tuple(config.data.synthetic_dynamic_objects))
+  return synthetic.SceneConfig.of_kind(kind or config.data.synthetic_kind, height=h, width=w,
+                                       num_frames=config.data.num_frames,
+                                       num_static_objects=tuple(config.data.synthetic_static_objects),
+                                       num_dynamic_objects=tuple(config.data.synthetic_dynamic_objects))
 
 
 def _track_example(scene: Mapping[str, np.ndarray], seed: int, tracks: int, random_crop: bool,
@@ -224,6 +228,12 @@ def evaluation_examples(config, query_mode: str):
   if config.eval.dataset == 'synthetic':
     # Rendered at eval.synthetic_hw (TAP-Vid scores at 256x256), the model runs at its own resolution.
     return synthetic_evaluation_set(config.eval.num_videos, query_mode,
-                                    scene_config(config, tuple(config.eval.synthetic_hw)), config.eval.tracks)
+                                    scene_config(config, tuple(config.eval.synthetic_hw), config.eval.synthetic_kind),
+                                    config.eval.tracks)
+  if config.eval.dataset == 'realpix':
+    from tapir.data import realpix  # pylint: disable=g-import-not-at-top
+    h, w = config.eval.synthetic_hw
+    clips = realpix.RealPixConfig(height=h, width=w, tracks=config.eval.tracks)
+    return realpix.evaluation_examples(config.eval.num_videos, query_mode, clips)
   from tapir.data import tapvid  # pylint: disable=g-import-not-at-top
   return tapvid.open_dataset(config.eval.dataset, config.eval.path, query_mode)

@@ -50,8 +50,13 @@ def examples(config, query_mode: str):
   if config.dataset == 'synthetic':
     from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
     s = config.synthetic
-    scenes = synthetic.SceneConfig(height=s.hw[0], width=s.hw[1], num_frames=s.num_frames)
+    scenes = synthetic.SceneConfig.of_kind(s.kind, height=s.hw[0], width=s.hw[1], num_frames=s.num_frames)
     return streams.synthetic_evaluation_set(s.num_videos, query_mode, scenes, s.tracks)
+  if config.dataset == 'realpix':
+    from tapir.data import realpix  # pylint: disable=g-import-not-at-top
+    r = config.realpix
+    clips = realpix.RealPixConfig(height=r.hw[0], width=r.hw[1], num_frames=r.num_frames, tracks=r.tracks)
+    return realpix.evaluation_examples(r.num_videos, query_mode, clips)
   kwargs = dict(video_dir=config.video_dir) if config.dataset == 'csv' else {}
   if config.dataset == 'kubric':
     kwargs = dict(dataset=config.kubric.dataset, split=config.kubric.split, vflip=config.kubric.vflip,

@@ -1,6 +1,8 @@
 """Procedural Kubric-like scenes that emit MOVi-E example dicts, the built-in training and evaluation data:
-`scene` (SceneConfig, objects, camera path and the seeded random draw `sample_scene`), `textures` (solid textures),
-`render` (ray casting, shading and the MOVi-E fields, `render_scene`), with `generate_scene(seed, config)` =
+`scene` (SceneConfig, scene kinds, objects, camera path and the seeded random draw `sample_scene`), `textures`
+(solid textures), `photo_textures` (photographs mapped onto surfaces), `motion` (ballistic and crossing paths),
+`shading` (light and cast shadows), `camera_effects` (motion blur, defocus, noise, compression, exposure) and
+`render` (ray casting and the MOVi-E fields, `render_scene`), with `generate_scene(seed, config)` =
 `render_scene(sample_scene(seed, config), config)`. Evaluation uses seeds `EVAL_SEEDS`, training seeds from
 `TRAIN_SEED_OFFSET` up; rotations and camera formulas live in `tapir.data.geometry`.
 """
@@ -17,12 +19,14 @@ from tapir.data.synthetic.scene import CameraPath
 from tapir.data.synthetic.scene import EVAL_SEEDS
 from tapir.data.synthetic.scene import FOCAL_LENGTH
 from tapir.data.synthetic.scene import MAX_INSTANCES
+from tapir.data.synthetic.scene import SCENE_KINDS
 from tapir.data.synthetic.scene import sample_scene
 from tapir.data.synthetic.scene import Scene
 from tapir.data.synthetic.scene import SceneConfig
 from tapir.data.synthetic.scene import SceneObject
 from tapir.data.synthetic.scene import SENSOR_WIDTH
 from tapir.data.synthetic.scene import TRAIN_SEED_OFFSET
+from tapir.data.synthetic.photo_textures import PhotoTexture
 from tapir.data.synthetic.textures import evaluate_texture
 from tapir.data.synthetic.textures import sample_texture
 from tapir.data.synthetic.textures import Texture
@@ -30,7 +34,7 @@ from tapir.data.synthetic.textures import TEXTURE_KINDS
 
 __all__ = [
     'SceneConfig', 'Scene', 'SceneObject', 'CameraPath', 'sample_scene', 'render_scene', 'generate_scene',
-    'camera_rays', 'EVAL_SEEDS', 'TRAIN_SEED_OFFSET', 'FOCAL_LENGTH', 'SENSOR_WIDTH', 'MAX_INSTANCES', 'Texture',
+    'camera_rays', 'SCENE_KINDS', 'PhotoTexture', 'EVAL_SEEDS', 'TRAIN_SEED_OFFSET', 'FOCAL_LENGTH', 'SENSOR_WIDTH', 'MAX_INSTANCES', 'Texture',
     'TEXTURE_KINDS', 'sample_texture', 'evaluate_texture', 'box_corners', 'look_at_quaternion',
     'matrix_to_quaternion', 'quaternion_multiply', 'quaternion_to_matrix',
 ]

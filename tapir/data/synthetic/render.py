@@ -14,8 +14,10 @@ import numpy as np
 
 from tapir.data import geometry
 from tapir.data.synthetic.scene import FOCAL_LENGTH, SENSOR_WIDTH, CameraPath, Scene, SceneConfig, SceneObject
+from tapir.data.synthetic import camera_effects
 from tapir.data.synthetic.scene import sample_scene
-from tapir.data.synthetic.textures import evaluate_texture, linear
+from tapir.data.synthetic.shading import shade
+from tapir.data.synthetic.textures import linear
 
 _EPS = 1e-6
 
@@ -144,32 +146,6 @@ def _cast_objects(buffers: _Buffers, intrinsics: np.ndarray, matrix_world: np.nd
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Shading.
-
-
-def _shade(scene: Scene, surface: np.ndarray, points: np.ndarray, mesh: np.ndarray, normal: np.ndarray,
-           footprint: np.ndarray) -> np.ndarray:
-  """Linear RGB [3, n] in [0, 1] of flat pixel lists: surface [n], world points [3, n], mesh coordinates [3, n],
-  world normals [3, n], footprints [n] (pixel size on the surface, world units)."""
-  rgb = np.empty_like(points)
-  diffuse = np.maximum(linear(scene.light_direction, normal), 0)  # [n]
-  light = np.float32(scene.ambient) + np.float32(1 - scene.ambient) * diffuse
-  textures = [scene.floor_texture, scene.dome_texture] + [o.texture for o in scene.objects]
-  for index, texture in enumerate(textures):
-    where = np.flatnonzero(surface == index)
-    if not where.size:
-      continue
-    if index < 2:
-      albedo = evaluate_texture(texture, points[:, where], footprint[where])
-    else:
-      scale = np.float32(scene.objects[index - 2].scale)
-      albedo = evaluate_texture(texture, mesh[:, where], footprint[where] / scale)
-    # The dome glows (Kubric's dome is lit by its own HDRI): no directional shading there.
-    rgb[:, where] = albedo if index == 1 else albedo * light[where]
-  return rgb
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Rendering and MOVi-E encoding.
 
 
@@ -251,11 +227,20 @@ def render_scene(scene: Scene, config: SceneConfig) -> dict[str, np.ndarray]:
     dist[f], surface[f], normal[:, f], mesh[:, f], dirs[:, f] = (buffers.dist, buffers.surface, buffers.normal,
                                                                  buffers.mesh, frame_dirs)
 
-  flat_dirs, flat_normal, flat_dist = dirs.reshape(3, -1), normal.reshape(3, -1), dist.reshape(-1)
-  points = cam_positions.T.repeat(h * w, axis=1) + flat_dist * flat_dirs  # [3, t * h * w] world
+  flat_dirs, flat_normal, flat_dist = dirs.reshape(3, t, -1), normal.reshape(3, t, -1), dist.reshape(t, -1)
+  points = cam_positions.T[:, :, None] + flat_dist * flat_dirs  # [3, t, h * w] world
   cosine = np.abs(flat_normal[0] * flat_dirs[0] + flat_normal[1] * flat_dirs[1] + flat_normal[2] * flat_dirs[2])
-  footprint = flat_dist * np.float32(SENSOR_WIDTH / FOCAL_LENGTH / w) / np.maximum(cosine, 0.2)
-  rgb = _shade(scene, surface.reshape(-1), points, mesh.reshape(3, -1), flat_normal, footprint)
+  footprint = flat_dist * np.float32(SENSOR_WIDTH / FOCAL_LENGTH / w) / np.maximum(cosine, 0.2)  # [t, h * w]
+  flat_surface, flat_mesh = surface.reshape(t, -1), mesh.reshape(3, t, -1)
+  rgb = shade(scene, poses, flat_surface, points, flat_mesh, flat_normal, footprint, config.dome_radius,
+              config.shadows)  # [3, t, h * w]
+  video = np.moveaxis(rgb.reshape(3, t, h, w), 0, -1)  # [t, h, w, 3]
+  if scene.effects is not None and _changes_pixels(scene.effects):
+    flow = image_motion(poses, surface, points.reshape(3, t, h, w), flat_mesh.reshape(3, t, h, w), scene.objects,
+                        intrinsics[0], matrix_world)
+    # Lens blur is drawn for a 256-pixel-wide frame (TAP-Vid's): the same lens blurs fewer pixels of a smaller one.
+    draw = scene.effects._replace(aperture_px=scene.effects.aperture_px * w / 256)
+    video = camera_effects.apply_effects(video, dist, flow, draw, np.random.default_rng(scene.effects_seed))
 
   kept, segmentation = _relabel(surface, len(scene.objects))
   is_object = surface >= 2
@@ -266,7 +251,7 @@ def render_scene(scene: Scene, config: SceneConfig) -> dict[str, np.ndarray]:
   span = max(depth_range[1] - depth_range[0], np.float32(1e-6))
 
   example = {
-      'video': _channels_last(np.round(rgb.reshape(3, t, h, w) * 255).astype(np.uint8)),
+      'video': np.ascontiguousarray(np.round(video * 255).astype(np.uint8)),
       'segmentations': segmentation[..., None],
       'depth': _encode_unit((dist - depth_range[0]) / span)[..., None],
       'normal': _channels_last(_encode_unit((normal + 1) / 2)),
@@ -284,6 +269,52 @@ def render_scene(scene: Scene, config: SceneConfig) -> dict[str, np.ndarray]:
   }
   example.update(_instance_fields(scene, poses, kept, t))
   return example
+
+
+def _changes_pixels(draw: camera_effects.EffectDraw) -> bool:
+  return bool(draw.exposure_start or draw.exposure_end or draw.shutter or draw.aperture_px or draw.shot_noise
+              or draw.read_noise or draw.jpeg_quality)
+
+
+def image_motion(poses: Sequence[_Pose], surface: np.ndarray, points: np.ndarray, mesh: np.ndarray,
+                 objects: Sequence[SceneObject], intrinsics: np.ndarray, matrix_world: np.ndarray) -> np.ndarray:
+  """The true image motion [t, h, w, 2] (x, y pixels) of every pixel's surface point from frame f to f + 1 (the
+  last frame: from f - 1 to f), for motion blur: the point moved with its surface and projected again.
+
+  Args:
+    poses: the objects' motions.
+    surface: [t, h, w] 0 floor, 1 dome, 2 + object index.
+    points: [3, t, h, w] world points.
+    mesh: [3, t, h, w] mesh coordinates (objects).
+    objects: the scene's objects.
+    intrinsics: [3, 3].
+    matrix_world: [t, 4, 4] camera-to-world.
+  """
+  _, t, h, w = points.shape
+  flow = np.zeros((t, h, w, 2), np.float32)
+  if t < 2:
+    return flow
+  world_to_camera = np.linalg.inv(matrix_world).astype(np.float32)  # [t, 4, 4]
+  cols = np.tile(np.arange(w, dtype=np.float32) + 0.5, h)
+  rows = np.repeat(np.arange(h, dtype=np.float32) + 0.5, w)
+  for f in range(t):
+    g = f + 1 if f + 1 < t else f - 1
+    moved = points[:, f].reshape(3, -1).copy()  # background points stay put
+    frame_surface, frame_mesh = surface[f].reshape(-1), mesh[:, f].reshape(3, -1)
+    for index, (obj, pose) in enumerate(zip(objects, poses)):
+      where = np.flatnonzero(frame_surface == index + 2)
+      if where.size:
+        moved[:, where] = (pose.positions[g][:, None]
+                           + np.float32(obj.scale) * linear(pose.rotations[g], frame_mesh[:, where]))
+    camera = linear(world_to_camera[g, :3, :3], moved) + world_to_camera[g, :3, 3:4]
+    q = linear(intrinsics.astype(np.float32), camera)
+    ahead = q[2] > _EPS
+    denominator = np.where(ahead, q[2], np.float32(1))
+    dx = np.where(ahead, q[0] / denominator * w - cols, 0)
+    dy = np.where(ahead, q[1] / denominator * h - rows, 0)
+    sign = np.float32(1 if g > f else -1)
+    flow[f] = sign * np.stack([dx, dy], -1).reshape(h, w, 2)
+  return flow
 
 
 def _instance_fields(scene: Scene, poses: Sequence[_Pose], kept: np.ndarray, num_frames: int):

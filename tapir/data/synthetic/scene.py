@@ -2,8 +2,15 @@
 
 A scene is a textured floor (the plane z = 0) inside a textured dome (a sphere of radius `dome_radius` about the
 origin), both background (segment 0), plus textured boxes and spheres: static ones resting on the floor, dynamic
-ones sliding, rolling or tumbling along straight lines with constant velocity and spin. A camera follows the
-(panning) MOVi-E trajectory of training_and_data.md §3.12. Rotations and camera formulas: `tapir.data.geometry`.
+ones sliding, rolling or tumbling along straight lines with constant velocity and spin, thrown on ballistic paths
+that bounce off the floor, or crossing the view (entering or leaving the frame). A camera follows the (panning)
+MOVi-E trajectory of training_and_data.md §3.12. Rotations and camera formulas: `tapir.data.geometry`.
+
+Surfaces carry solid procedural textures (`textures`) or, with probability `photo_share` each, crops of real
+photographs (`photo_textures`, `tapir.data.photographs`). Scene kinds (`SCENE_KINDS`, `SceneConfig.of_kind`):
+'photographic' (the default: photographs, cast shadows, motion variety and camera effects) and 'procedural' (the
+scenes before those existed: procedural textures, no shadows, linear motion, a perfect camera; bit-identical to
+them). Every addition draws from its own random stream, so the procedural draw is the same in both kinds.
 
 Geometry (all in world units, world is Z-up):
   camera    position c_t, rotation R_t = R(q_t) camera-to-world (w, x, y, z); looks along local -Z, +Y up, +X
@@ -26,6 +33,10 @@ from typing import Sequence
 import numpy as np
 
 from tapir.data import geometry
+from tapir.data import photographs
+from tapir.data.synthetic import camera_effects
+from tapir.data.synthetic import motion
+from tapir.data.synthetic.photo_textures import PhotoTexture, sample_photo_texture
 from tapir.data.synthetic.textures import TEXTURE_KINDS, Texture, sample_texture
 
 FOCAL_LENGTH = 35.0  # mm, MOVi-E
@@ -59,6 +70,15 @@ class SceneConfig:
     texture_kinds: texture families to draw from (subset of TEXTURE_KINDS).
     dome_radius: radius of the background dome.
     ambient: range of the ambient light fraction (the rest is one directional light).
+    photo_share: chance that a surface (floor, dome, each object) shows a photograph instead of a procedural
+      texture.
+    photographs: the photographs to draw from (`tapir.data.photographs` names).
+    shadows: the directional light casts shadows of the objects (else only Lambertian shading).
+    ballistic_probability: chance that a dynamic object is thrown: it falls under `gravity` and bounces.
+    crossing_probability: chance that a dynamic object crosses the view fast, entering or leaving the frame.
+    gravity: world units per frame^2 (Kubric's 9.81 m/s^2 at 24 fps).
+    restitution: range of the bounce's velocity ratio.
+    camera: the lens and sensor effects (motion blur, defocus, noise, compression, exposure); pixels only.
   """
   height: int = 256
   width: int = 256
@@ -78,6 +98,21 @@ class SceneConfig:
   texture_kinds: tuple[str, ...] = TEXTURE_KINDS
   dome_radius: float = 40.0
   ambient: tuple[float, float] = (0.35, 0.55)
+  photo_share: float = 0.75
+  photographs: tuple[str, ...] = photographs.TRAIN_PHOTOGRAPHS
+  shadows: bool = True
+  ballistic_probability: float = 0.3
+  crossing_probability: float = 0.3
+  gravity: float = 9.81 / 24 ** 2
+  restitution: tuple[float, float] = (0.3, 0.7)
+  camera: camera_effects.CameraEffects = camera_effects.REALISTIC
+
+  @classmethod
+  def of_kind(cls, kind: str, **kwargs) -> 'SceneConfig':
+    """The settings of scene kind `kind` (see SCENE_KINDS), with `kwargs` on top."""
+    if kind not in SCENE_KINDS:
+      raise ValueError(f'scene kind must be one of {tuple(SCENE_KINDS)}, got {kind!r}')
+    return cls(**{**SCENE_KINDS[kind], **kwargs})
 
   def __post_init__(self):
     if self.height < 1 or self.width < 1 or self.num_frames < 1:
@@ -93,6 +128,23 @@ class SceneConfig:
       raise ValueError(f'texture_kinds must be a non-empty subset of {TEXTURE_KINDS}, got {self.texture_kinds}')
     if self.camera_radius[1] >= self.dome_radius:
       raise ValueError('the camera must stay inside the dome')
+    for name in ('photo_share', 'ballistic_probability', 'crossing_probability'):
+      if not 0 <= getattr(self, name) <= 1:
+        raise ValueError(f'{name} must be a probability in [0, 1], got {getattr(self, name)}')
+    photographs.check_names(self.photographs, 'photographs')
+    if not self.gravity >= 0:
+      raise ValueError(f'gravity must be >= 0 (world units per frame^2), got {self.gravity}')
+    if not 0 <= self.restitution[0] <= self.restitution[1] <= 1:
+      raise ValueError(f'restitution must be a range (low, high) within [0, 1], got {self.restitution}')
+    if not isinstance(self.camera, camera_effects.CameraEffects):
+      raise ValueError(f'camera must be a camera_effects.CameraEffects, got {type(self.camera).__name__}')
+
+
+SCENE_KINDS = {
+    'photographic': {},  # SceneConfig's defaults
+    'procedural': dict(photo_share=0.0, shadows=False, ballistic_probability=0.0, crossing_probability=0.0,
+                       camera=camera_effects.CameraEffects()),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +160,10 @@ class SceneObject:
     quaternion: [4] (w, x, y, z) rotation at frame 0.
     spin: [3] world-frame angular velocity, radians per frame (axis times rate).
     texture: texture evaluated at mesh coordinates, so it moves with the surface.
+    gravity: > 0: a ballistic path: the height falls with this acceleration (world units per frame^2) and
+      bounces off the floor where the centre is at `rest_height`, keeping `restitution` of its speed.
+    rest_height: the centre's height at floor contact (ballistic paths).
+    restitution: the bounce's velocity ratio (ballistic paths).
   """
   shape: str
   half: np.ndarray
@@ -116,12 +172,18 @@ class SceneObject:
   velocity: np.ndarray
   quaternion: np.ndarray
   spin: np.ndarray
-  texture: Texture
+  texture: Texture | PhotoTexture
+  gravity: float = 0.0
+  rest_height: float = 0.0
+  restitution: float = 0.0
 
   def pose(self, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions [t, 3] and quaternions [t, 4] (w, x, y, z) at frames 0 .. num_frames - 1, float32."""
     frames = np.arange(num_frames, dtype=np.float64)
     positions = self.position[None] + frames[:, None] * self.velocity[None]
+    if self.gravity > 0:
+      positions[:, 2] = motion.bounce_heights(self.position[2], self.velocity[2], self.gravity, self.rest_height,
+                                              self.restitution, frames)
     rate = np.linalg.norm(self.spin)
     axis = self.spin / rate if rate > 0 else np.array([0.0, 0.0, 1.0])
     half_angle = 0.5 * rate * frames
@@ -170,13 +232,17 @@ class Scene:
     dome_texture: texture of the dome, in world coordinates.
     light_direction: [3] unit vector towards the directional light.
     ambient: ambient fraction of the lighting, in [0, 1].
+    effects: the clip's drawn camera effects (None: a perfect camera).
+    effects_seed: seeds the effects' per-pixel noise.
   """
   camera: CameraPath
   objects: Sequence[SceneObject]
-  floor_texture: Texture
-  dome_texture: Texture
+  floor_texture: Texture | PhotoTexture
+  dome_texture: Texture | PhotoTexture
   light_direction: np.ndarray
   ambient: float
+  effects: camera_effects.EffectDraw | None = None
+  effects_seed: int = 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,9 +346,17 @@ def _sample_dynamic(rng: np.random.Generator, config: SceneConfig, placed: list,
                      _yaw_quaternion(rng.uniform(0, 2 * np.pi)), spin, texture)
 
 
+def _photo_surface(extra: np.random.Generator, config: SceneConfig, texture, mapping: str, size):
+  """`texture`, or with probability `photo_share` a photograph placed by `extra` (the additions' stream)."""
+  if extra.uniform() >= config.photo_share:
+    return texture
+  return sample_photo_texture(extra, config.photographs, mapping, size)
+
+
 def sample_scene(seed: int, config: SceneConfig) -> Scene:
   """Draws a random scene; a pure function of (seed, config)."""
   rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A91]))
+  extra = np.random.default_rng(np.random.SeedSequence([seed, 0x50A0]))  # photographs, motion, camera effects
   camera = _sample_camera(rng, config)
   object_frequency = (0.8, 2.5)  # cells per mesh unit (meshes span [-1, 1])
   placed: list = []
@@ -295,4 +369,16 @@ def sample_scene(seed: int, config: SceneConfig) -> Scene:
   elevation = rng.uniform(np.radians(30), np.radians(75))
   azimuth = rng.uniform(0, 2 * np.pi)
   light = np.array([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)])
-  return Scene(camera, objects, floor_texture, dome_texture, light, float(rng.uniform(*config.ambient)))
+  ambient = float(rng.uniform(*config.ambient))
+
+  lookat = camera.lookats(config.num_frames)[config.num_frames // 2]
+  objects = [obj if i < num_static else motion.vary_motion(extra, config, obj, lookat, config.num_frames)
+             for i, obj in enumerate(objects)]
+  objects = [dataclasses.replace(obj, texture=_photo_surface(
+      extra, config, obj.texture, 'spherical' if obj.shape == 'sphere' else 'planar',
+      (1, 3) if obj.shape == 'sphere' else (1.0, 6.0))) for obj in objects]
+  floor_texture = _photo_surface(extra, config, floor_texture, 'planar', (3.0, 15.0))
+  dome_texture = _photo_surface(extra, config, dome_texture, 'spherical', (3, 8))
+  effects = camera_effects.sample_effects(extra, config.camera)
+  return Scene(camera, objects, floor_texture, dome_texture, light, ambient, effects,
+               int(extra.integers(2 ** 31)))
