@@ -7,12 +7,14 @@ Adding an objective is a module with a `tapir.training.task.Task` subclass and o
 import ml_collections
 
 from tapir.training import task
+from tapir.training import task_bootstap
 from tapir.training import task_tapir
 from tapir.training import task_tapnet
 
 TASKS: dict[str, type[task.Task]] = {
     'tapir': task_tapir.SupervisedTAPIR,
     'tapnet': task_tapnet.SupervisedTAPNet,
+    'bootstap': task_bootstap.BootstapTAPIR,
 }
 
 

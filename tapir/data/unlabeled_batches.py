@@ -1,0 +1,81 @@
+"""Batches for self-supervised training: unlabeled clips with the student's view and the teacher's queries.
+
+For clip i of the run (a pure function of (config.seed, i), whatever the number of hosts):
+  the clip (`tapir.data.unlabeled.clip_source`: the user's videos or the built-in photographs under motion) at the
+  training size and length, in [-1, 1]; a student view of it (`tapir.data.student_views`: a spatial transform
+  and corruptions, with the per-frame affine map from the clip's raster to the view's); and
+  `selfsup.num_queries` teacher queries (t, y, x) uniform over the clip (integer frames, continuous positions).
+`mixed_batches` pairs them with the supervised stream of `config.data` (`tapir.data.streams.train_batches`) as
+{'supervised': ..., 'unlabeled': ...}, both for the same step; the unlabeled batch also carries the source's
+count of skipped (undecodable) videos, so that the step's metrics and the training history report it.
+"""
+
+import itertools
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from tapir.data import streams
+from tapir.data import student_views
+from tapir.data import unlabeled
+
+Batch = dict[str, np.ndarray]
+
+
+def view_config(config) -> student_views.StudentViewConfig:
+  """The student view settings of `config.selfsup.views` (tuples as the dataclass expects)."""
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.selfsup.views.items()}
+  return student_views.StudentViewConfig(**fields)
+
+
+def make_unlabeled_example(video: np.ndarray, rng: np.random.Generator, views: student_views.StudentViewConfig,
+                           num_queries: int) -> Batch:
+  """One clip (uint8 [t, h, w, 3]) -> 'video' / 'student_video' float32 [t, h, w, 3] in [-1, 1], 'affines'
+  [t, 2, 3] (clip raster -> view raster) and 'query_points' [num_queries, 3] (t, y, x)."""
+  t, h, w, _ = video.shape
+  clean = video.astype(np.float32) / np.float32(127.5) - 1
+  view = student_views.draw_view(rng, views, t, (h, w), (h, w))
+  student = student_views.render_view(clean, view, rng, views, (h, w))
+  queries = np.stack([rng.integers(0, t, num_queries).astype(np.float32), rng.uniform(0, h, num_queries),
+                      rng.uniform(0, w, num_queries)], axis=-1).astype(np.float32)
+  return dict(video=clean, student_video=student.astype(np.float32), affines=view.affines.astype(np.float32),
+              query_points=queries)
+
+
+def unlabeled_batches(config, start_step: int = 0) -> Iterator[Batch]:
+  """Batches [local_devices, selfsup.per_device_batch, ...] for steps `start_step`, `start_step + 1`, ..."""
+  if start_step < 0:
+    raise ValueError(f'start_step must be >= 0, got {start_step}')
+  knobs = config.selfsup
+  devices, per_device = jax.local_device_count(), knobs.per_device_batch
+  local = devices * per_device
+  views = view_config(config)
+  h, w = config.data.train_hw
+  source = unlabeled.clip_source(knobs.source, config.data.num_frames, (h, w), config.seed,
+                                 start_index=start_step * local, process_index=jax.process_index(),
+                                 process_count=jax.process_count(),
+                                 max_skipped_fraction=knobs.max_skipped_fraction)
+  clips = iter(source)
+  indices = itertools.count(start_step * local * jax.process_count() + jax.process_index(), jax.process_count())
+  while True:
+    examples = []
+    for _ in range(local):
+      clip, index = next(clips), next(indices)
+      rng = np.random.default_rng(np.random.SeedSequence([config.seed, index, 0xB0075]))
+      examples.append(make_unlabeled_example(clip['video'], rng, views, knobs.num_queries))
+    batch = {k: np.stack([e[k] for e in examples]).reshape((devices, per_device) + examples[0][k].shape)
+             for k in examples[0]}
+    skipped = getattr(source, 'skipped', 0)
+    batch['skipped_videos'] = np.full((devices,), skipped, np.int32)
+    yield batch
+
+
+def mixed_batches(config, start_step: int = 0) -> Iterator[dict[str, Batch]]:
+  """{'supervised': the labelled batch of `config.data`, 'unlabeled': `unlabeled_batches`} per step; without the
+  supervised part when `config.selfsup.supervised_weight` is 0."""
+  unlabeled_stream = unlabeled_batches(config, start_step)
+  if config.selfsup.supervised_weight == 0:
+    return ({'unlabeled': u} for u in unlabeled_stream)
+  return ({'supervised': s, 'unlabeled': u}
+          for s, u in zip(streams.train_batches(config, start_step), unlabeled_stream))
