@@ -16,6 +16,11 @@ Training cases:
                                 (compare it with the offline forward of 24 x 256^2 x 256 on the same machine);
   train step, cpu preset        `configs/tapir.py:cpu` on a fixed batch, and on the real built-in scene stream
                                 (`tapir.data.streams.train_batches` behind the trainer's prefetcher).
+  render, cpu batch             one `configs/tapir.py:cpu` batch of built-in scenes (photographic or procedural):
+                                rendering and track conversion in one thread, as the prefetcher makes it;
+  self-supervised step          `configs/bootstap.py:cpu` on a fixed batch (teacher's two passes, student and
+                                supervised branch, one update), beside the teacher's passes alone and one
+                                inference forward of the same unlabeled batch.
 Training uses the dense patch formulation (`bilinear_interp_with_depthwise_conv=True` in the configs): its
 backward pass is matrix products, where the gather's is a scatter-add. Measured on XLA:CPU (2 cores, same
 process): the `cpu` preset's train step 0.53 s dense against 0.93 s gather; the full model's gradient above
@@ -53,6 +58,9 @@ CASES = {
         dict(kind='train_cpu_preset', data=True),
         dict(kind='render_cpu_batch', scenes='photographic'),
         dict(kind='render_cpu_batch', scenes='procedural'),
+        dict(kind='selfsup_cpu_preset'),
+        dict(kind='teacher_cpu_preset'),
+        dict(kind='inference_cpu_preset'),
     ],
     'quick': [
         dict(kind='offline', frames=8, size=128, points=64),
@@ -61,6 +69,9 @@ CASES = {
         dict(kind='train_cpu_preset', data=True),
         dict(kind='render_cpu_batch', scenes='photographic'),
         dict(kind='render_cpu_batch', scenes='procedural'),
+        dict(kind='selfsup_cpu_preset'),
+        dict(kind='teacher_cpu_preset'),
+        dict(kind='inference_cpu_preset'),
     ],
 }
 
@@ -92,6 +103,14 @@ def run_case(case: dict, repeats: int) -> dict:
     run = lambda: next(batches)
     frames, size, points, batch = (config.data.num_frames, config.data.train_hw[0], config.data.tracks_per_clip,
                                    config.data.per_device_batch)
+  elif kind in ('selfsup_cpu_preset', 'teacher_cpu_preset', 'inference_cpu_preset'):
+    # `configs/bootstap.py:cpu`: the self-supervised step (teacher's two passes, student, supervised batch), the
+    # teacher's passes alone, and one inference forward of the same unlabeled batch.
+    from configs import bootstap as bootstap_configs  # pylint: disable=g-import-not-at-top
+    config = bootstap_configs.get_config('cpu')
+    frames, size, points, batch = (config.data.num_frames, config.data.train_hw[0], config.selfsup.num_queries,
+                                   config.selfsup.per_device_batch)
+    kwargs, chunk = training.model_kwargs(config), config.train_chunk_size
   elif kind == 'train_cpu_preset':
     config = tapir_configs.get_config('cpu')
     kwargs = dict(config.model)
@@ -122,6 +141,8 @@ def run_case(case: dict, repeats: int) -> dict:
 
   if kind == 'render_cpu_batch':
     pass
+  elif kind in ('selfsup_cpu_preset', 'teacher_cpu_preset', 'inference_cpu_preset'):
+    run = _selfsup_case(kind, config, kwargs, chunk, video, queries)
   elif kind == 'offline':
     params, state = tracker_lib.init_params(kwargs)
     apply = jax.jit(hk.transform_with_state(
@@ -184,6 +205,42 @@ def run_case(case: dict, repeats: int) -> dict:
               compile_seconds=max(first - steady, 0.0), peak_mb=peak_mb)
 
 
+def _selfsup_case(kind, config, kwargs, chunk, video, queries):
+  """The run function of a self-supervised case on a fixed batch (identity views; the cost does not depend on them)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp
+  from tapir.training import selfsup  # pylint: disable=g-import-not-at-top
+  from tapir.training import state as training
+  from tapir.training import tasks
+  b, t = video.shape[:2]
+  n = config.data.tracks_per_clip
+  identity = jnp.broadcast_to(jnp.array([[1.0, 0, 0], [0, 1.0, 0]]), (b, t, 2, 3))
+  unlabeled = dict(video=video, student_video=video, affines=identity, query_points=queries,
+                   skipped_videos=jnp.zeros([], jnp.int32))
+  if kind == 'selfsup_cpu_preset':
+    supervised = dict(video=video, query_points=queries[:, :1].repeat(n, 1),
+                      target_points=jnp.zeros((b, n, t, 2)), occluded=jnp.zeros((b, n, t), bool))
+    task = tasks.get_task(config)
+    optimizer = training.make_optimizer(config.optimizer)
+    add = lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)
+    batch = add(dict(supervised=supervised, unlabeled=unlabeled))
+    holder = [jax.pmap(task.make_init(optimizer), axis_name=training.AXIS)(jax.random.PRNGKey(0)[None], batch)]
+    step = jax.pmap(training.make_step(task.make_update(optimizer)), axis_name=training.AXIS)
+
+    def run():
+      holder[0], metrics = step(holder[0], batch)
+      return metrics
+    return run
+  model = training.make_model(kwargs, chunk)
+  params, state = model.init(jax.random.PRNGKey(0), video, queries)
+  if kind == 'teacher_cpu_preset':
+    teacher = selfsup.make_teacher(kwargs, chunk)
+    apply = jax.jit(lambda p, s, r: teacher.apply(p, s, r, video, queries, lambda tracks, visible: visible)[0])
+  else:
+    apply = jax.jit(lambda p, s, r: model.apply(p, s, r, video, queries, is_training=False)[0])
+  return lambda: apply(params, state, jax.random.PRNGKey(1))
+
+
 def describe_machine() -> str:
   import jax  # pylint: disable=g-import-not-at-top
   cpu = platform.processor() or platform.machine()
@@ -201,6 +258,10 @@ def _label(r) -> str:
   kind = c['kind']
   if kind == 'render_cpu_batch':
     return f"render one `configs/tapir.py:cpu` batch ({c['scenes']} scenes, one thread)"
+  if kind.endswith('_cpu_preset') and kind != 'train_cpu_preset':
+    return {'selfsup_cpu_preset': 'self-supervised step, `configs/bootstap.py:cpu` (+ its supervised batch)',
+            'teacher_cpu_preset': "the teacher's two passes (inference, shared feature grids)",
+            'inference_cpu_preset': 'one inference forward, same unlabeled batch'}[kind]
   if kind == 'train_cpu_preset':
     return 'train step, `configs/tapir.py:cpu`' + (' (gather patches)' if c.get('dense') is False else '') + (
         ' (built-in scene stream)' if c.get('data') else ' (fixed batch)')

@@ -13,6 +13,18 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 jax.config.update('jax_disable_most_optimizations', True)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def with_overrides(config, overrides):
+  """`config` with dotted-path fields set ({'eval.every_steps': 4, ...}), new fields allowed; returns it."""
+  with config.unlocked():
+    for key, value in overrides.items():
+      target = config
+      *path, last = key.split('.')
+      for p in path:
+        target = target[p]
+      target[last] = value
+  return config
 # Arrays produced by the official implementations, copied from ../shared/golden (see tests/fixtures/README.md):
 # the tests need nothing outside the repository.
 GOLDEN = REPO / 'tests' / 'fixtures'

@@ -20,18 +20,11 @@ from tapir.training import loop as trainer
 from tapir.training import selfsup
 from tapir.training import tasks
 from tests.conftest import REPO
+from tests.conftest import with_overrides
 
 
 def _config(preset='tiny', **overrides):
-  config = bootstap_configs.get_config(preset)
-  with config.unlocked():
-    for key, value in overrides.items():
-      target = config
-      *path, last = key.split('.')
-      for p in path:
-        target = target[p]
-      target[last] = value
-  return config
+  return with_overrides(bootstap_configs.get_config(preset), overrides)
 
 
 def test_sample_on_track_draws_only_eligible_frames():

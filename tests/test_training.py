@@ -20,18 +20,11 @@ from tapir.training import checkpointing
 from tapir.training import loop as trainer
 from tapir.training import state as training
 from tests.conftest import REPO
+from tests.conftest import with_overrides
 
 
 def _tiny(**overrides):
-  config = tapir_configs.get_config('tiny')
-  with config.unlocked():
-    for key, value in overrides.items():
-      target = config
-      *path, last = key.split('.')
-      for p in path:
-        target = target[p]
-      target[last] = value
-  return config
+  return with_overrides(tapir_configs.get_config('tiny'), overrides)
 
 
 def _fixed_batch(config, devices=1, seed=0):
