@@ -1,3 +1,4 @@
-"""Data: `kubric` (MOVi-E example -> tracks), `geometry`, `synthetic` (built-in scenes), `pipeline` (tf.data),
-`streams` (training sources, prefetch), `tapvid` / `kubric_eval` / `jhmdb` (benchmark readers),
-`query_sampling` and `validation`. Knows nothing of models, tracking, training or evaluation."""
+"""Data: `kubric` (MOVi-E example -> tracks), `geometry`, `photographs`, `synthetic` (built-in scenes),
+`realpix` (real photographs under known motion), `pipeline` (tf.data), `streams` (training sources, prefetch),
+`unlabeled` / `student_views` / `unlabeled_batches` (self-supervised clips), `tapvid` / `kubric_eval` / `jhmdb`
+(benchmark readers), `query_sampling` and `validation`. Knows nothing of models, tracking, training or evaluation."""

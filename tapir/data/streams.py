@@ -1,7 +1,8 @@
 """Where training and evaluation data come from, chosen by a config (`configs/tapir.py`'s `data` and `eval`).
 
 Training sources (`config.data.source`), all yielding batches `[local_devices, per_device_batch, ...]`:
-  'synthetic'  built-in procedural scenes (`tapir.data.synthetic`) -> Kubric track conversion. Example i of the
+  'synthetic'  built-in scenes (`tapir.data.synthetic`, kind `data.synthetic_kind`) -> Kubric track conversion.
+               Example i of the
                run is a pure function of (seed, i), so a resumed run sees exactly the data it would have seen.
   'movi_e'     MOVi-E (or panning MOVi-E) from TFDS through the tf.data pipeline (`tapir.data.pipeline`).
   'custom'     any iterable of example dicts (`custom_factory = 'package.module:function'`, called with the

@@ -1,4 +1,4 @@
-"""Motion variety of the procedural scenes' dynamic objects: ballistic paths that bounce off the floor and fast
+"""Motion variety of the built-in scenes' dynamic objects: ballistic paths that bounce off the floor and fast
 paths across the view (objects entering or leaving the frame), drawn from the scene's additions stream.
 """
 
