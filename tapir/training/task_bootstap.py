@@ -65,7 +65,7 @@ class BootstapTAPIR(task.Task):
     model = self.model()
     teacher = selfsup.make_teacher(self.model_kwargs, self.config.train_chunk_size, self.family)
     supervised = training.supervised_terms(model, self.config.loss, losses.tapir_loss)
-    knobs, loss = self.config.selfsup, self.config.loss
+    knobs = self.config.selfsup
 
     def update_fn(state, batch, rng):
       label_rng, supervised_rng, student_rng = jax.random.split(rng, 3)
@@ -80,11 +80,10 @@ class BootstapTAPIR(task.Task):
           supervised_total, (supervised_terms, hk_state) = supervised(params, hk_state, supervised_rng,
                                                                       batch['supervised'])
           total = knobs.supervised_weight * supervised_total
-        outputs, hk_state = model.apply(params, hk_state, student_rng, view, labels.query_points)
-        terms = losses.tapir_loss(outputs, labels.target_points, labels.occluded, view.shape,
-                                  position_loss_weight=loss.position_loss_weight, huber_delta=loss.huber_delta,
-                                  expected_dist_threshold=loss.expected_dist_threshold, mask=labels.mask)
-        return total + knobs.weight * terms.total, (supervised_terms, terms, hk_state)
+        pseudo = dict(video=view, query_points=labels.query_points, target_points=labels.target_points,
+                      occluded=labels.occluded, mask=labels.mask)
+        selfsup_total, (terms, hk_state) = supervised(params, hk_state, student_rng, pseudo)
+        return total + knobs.weight * selfsup_total, (supervised_terms, terms, hk_state)
 
       (total, (supervised_terms, terms, hk_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       metrics = training.loss_metrics(terms, 'selfsup_')

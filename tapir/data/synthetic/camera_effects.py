@@ -160,6 +160,12 @@ def exposure_gains(start_stops: float, end_stops: float, num_frames: int) -> np.
   return np.exp2(stops).astype(np.float32)
 
 
+def changes_pixels(draw: EffectDraw) -> bool:
+  """Whether `draw` is anything but the identity (`apply_effects` then returns its input)."""
+  return bool(draw.exposure_start or draw.exposure_end or draw.shutter > 0 or draw.aperture_px > 0
+              or draw.shot_noise > 0 or draw.read_noise > 0 or draw.jpeg_quality)
+
+
 def apply_effects(
     video: np.ndarray,  # [t, h, w, 3] float32 linear RGB in [0, 1]
     depth: Optional[np.ndarray],  # [t, h, w] distance to the camera (world units); only needed for defocus
@@ -187,7 +193,7 @@ def apply_effects(
                      f'non-negative stds and aperture): {draw}')
   noisy = draw.shot_noise > 0 or draw.read_noise > 0
   exposed = draw.exposure_start != 0 or draw.exposure_end != 0
-  if not (exposed or draw.shutter > 0 or draw.aperture_px > 0 or noisy or draw.jpeg_quality):
+  if not changes_pixels(draw):
     return video
 
   gains = exposure_gains(draw.exposure_start, draw.exposure_end, t)

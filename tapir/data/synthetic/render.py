@@ -235,9 +235,11 @@ def render_scene(scene: Scene, config: SceneConfig) -> dict[str, np.ndarray]:
   rgb = shade(scene, poses, flat_surface, points, flat_mesh, flat_normal, footprint, config.dome_radius,
               config.shadows)  # [3, t, h * w]
   video = np.moveaxis(rgb.reshape(3, t, h, w), 0, -1)  # [t, h, w, 3]
-  if scene.effects is not None and _changes_pixels(scene.effects):
-    flow = image_motion(poses, surface, points.reshape(3, t, h, w), flat_mesh.reshape(3, t, h, w), scene.objects,
-                        intrinsics[0], matrix_world)
+  if scene.effects is not None and camera_effects.changes_pixels(scene.effects):
+    flow = None  # the true image motion is only needed for motion blur
+    if scene.effects.shutter > 0:
+      flow = image_motion(poses, surface, points.reshape(3, t, h, w), flat_mesh.reshape(3, t, h, w),
+                          scene.objects, intrinsics[0], matrix_world)
     # Lens blur is drawn for a 256-pixel-wide frame (TAP-Vid's): the same lens blurs fewer pixels of a smaller one.
     draw = scene.effects._replace(aperture_px=scene.effects.aperture_px * w / 256)
     video = camera_effects.apply_effects(video, dist, flow, draw, np.random.default_rng(scene.effects_seed))
@@ -269,11 +271,6 @@ def render_scene(scene: Scene, config: SceneConfig) -> dict[str, np.ndarray]:
   }
   example.update(_instance_fields(scene, poses, kept, t))
   return example
-
-
-def _changes_pixels(draw: camera_effects.EffectDraw) -> bool:
-  return bool(draw.exposure_start or draw.exposure_end or draw.shutter or draw.aperture_px or draw.shot_noise
-              or draw.read_noise or draw.jpeg_quality)
 
 
 def image_motion(poses: Sequence[_Pose], surface: np.ndarray, points: np.ndarray, mesh: np.ndarray,
