@@ -101,6 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
       synthetic_static_objects=(8, 14),  # built-in scenes: objects resting on the floor (min, max)
       synthetic_dynamic_objects=(1, 3),  # and moving ones
       prefetch=2,  # batches made and put on the devices ahead of the step, in a background thread
+      # Bad examples (undecodable, corrupted, failing the checks) are skipped and counted; the run stops once they
+      # pass this share of the examples seen, counted over at least skipped_share_min_examples (0: stop at the
+      # first). See tapir.data.bad_examples.
+      max_skipped_share=0.01,
+      skipped_share_min_examples=1000,
   ))
 
   c.eval = ml_collections.ConfigDict(dict(

@@ -86,6 +86,9 @@ def test_videos_without_queries_are_skipped_and_bad_predictions_rejected():
   result = evaluation.evaluate(evaluation.zero_motion_predictor, [empty] + _examples('first'), 'first',
                                metric_resolution=(16, 16), progress=False)
   assert result.skipped == ['empty'] and result.video_names == ['video0', 'video1']
+  assert result.table('mine').endswith('mine: 1 of 3 videos not scored, no visible point to query: empty')
+  assert 'not scored' not in evaluation.evaluate(evaluation.zero_motion_predictor, _examples('first'), 'first',
+                                                 progress=False).table()
 
   def logits_predictor(video, query_points):
     tracks, occluded = evaluation.zero_motion_predictor(video, query_points)

@@ -7,6 +7,8 @@ Training sources (`config.data.source`), all yielding batches `[local_devices, p
   'movi_e'     MOVi-E (or panning MOVi-E) from TFDS through the tf.data pipeline (`tapir.data.pipeline`).
   'custom'     any iterable of example dicts (`custom_factory = 'package.module:function'`, called with the
                config, returning the iterable), checked with `tapir.data.validation.validate_example`.
+Bad examples (MOVi-E: an undecodable video or corrupted record; custom: one that fails the checks) are skipped,
+named and counted, and the run stops past `data.max_skipped_share` (`tapir.data.bad_examples`).
 Each process reads its own shard: example indices are interleaved by `jax.process_index()`. Every source's batch k
 is a function of (seed, k), so a run resumed at step k sees the batches an uninterrupted run would have seen.
 The trainer runs the stream in a background thread a few batches ahead (`Prefetcher`).
@@ -29,10 +31,12 @@ from absl import logging
 import jax
 import numpy as np
 
+from tapir.data import bad_examples
 from tapir.data import pipeline
 from tapir.data import validation
 
 Batch = dict[str, np.ndarray]
+SKIPPED_KEY = pipeline.SKIPPED_KEY  # a batch's bad examples (host side: a tuple of BadExample), when it had any
 
 
 def scene_config(config, size=None, kind=None):
@@ -71,17 +75,42 @@ def custom_examples(config) -> Iterable[Mapping[str, np.ndarray]]:
   return getattr(importlib.import_module(module), function)(config)
 
 
-def _batches(examples: Iterator[Mapping[str, np.ndarray]], config, validate: bool) -> Iterator[Batch]:
+def skip_budget(config, source: str) -> bad_examples.SkipBudget:
+  """The cap on skipped examples that `config.data` sets (`tapir.data.bad_examples`)."""
+  return bad_examples.SkipBudget(config.data.get('max_skipped_share', 0.01),
+                                 config.data.get('skipped_share_min_examples', 1000), source)
+
+
+def _checked(example: Any, index: int, num_frames: int) -> Mapping[str, np.ndarray] | bad_examples.BadExample:
+  try:
+    validation.validate_example(example, num_frames=num_frames)
+  except ValueError as e:
+    name = example.get('name') if isinstance(example, Mapping) else None
+    return bad_examples.BadExample(f'custom example {index}' + (f' ({name})' if isinstance(name, str) else ''),
+                                   str(e))
+  return example
+
+
+def _batches(examples: Iterator[Mapping[str, np.ndarray]], config, validate: bool,
+             start_index: int = 0) -> Iterator[Batch]:
+  """Batches of `examples` (the first is example `start_index` of the run); with `validate`, examples that fail
+  `validate_example` are skipped and counted (`tapir.data.bad_examples`), listed under SKIPPED_KEY."""
   devices = jax.local_device_count()
   per_device = config.data.per_device_batch
+  budget = skip_budget(config, 'custom data')
+  index = start_index
   while True:
     clips = []
     for _ in range(devices * per_device):
       example = next(examples)
-      if validate:
-        validation.validate_example(example, num_frames=config.data.num_frames)
-      clips.append(example)
-    yield pipeline.stack_clips(clips, devices, per_device)
+      clips.append(_checked(example, index, config.data.num_frames) if validate else example)
+      index += 1
+    clips, bad = bad_examples.fill_batch(clips)
+    budget.add(devices * per_device, bad)
+    batch = pipeline.stack_clips(clips, devices, per_device)
+    if bad:
+      batch[SKIPPED_KEY] = tuple(bad)
+    yield batch
 
 
 class Prefetcher:
@@ -147,9 +176,12 @@ class Prefetcher:
 
 
 def put_on_devices(batch: Batch) -> Batch:
-  """Host batch [local_devices, ...] -> one shard per local device, as pmap takes it (done ahead, in the prefetcher)."""
+  """Host batch [local_devices, ...] -> one shard per local device, as pmap takes it (done ahead, in the
+  prefetcher). SKIPPED_KEY, if present, stays on the host as it is (the trainer pops it)."""
   mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('devices',))
-  return jax.device_put(dict(batch), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices')))
+  arrays = {k: v for k, v in batch.items() if k != SKIPPED_KEY}
+  placed = jax.device_put(arrays, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices')))
+  return {**placed, SKIPPED_KEY: batch[SKIPPED_KEY]} if SKIPPED_KEY in batch else placed
 
 
 def train_batches(config, start_step: int = 0) -> Iterator[Batch]:
@@ -165,18 +197,19 @@ def train_batches(config, start_step: int = 0) -> Iterator[Batch]:
     return _batches(synthetic_examples(config, start_step * local_batch), config, validate=False)
   if source == 'custom':
     examples = iter(custom_examples(config))
-    skipped = start_step * local_batch
-    if skipped:
-      logging.info('resuming custom data: skipping %d examples', skipped)
-      examples = itertools.islice(examples, skipped, None)
-    return _batches(examples, config, validate=True)
+    done = start_step * local_batch
+    if done:
+      logging.info('resuming custom data: passing over the %d examples of the steps done', done)
+      examples = itertools.islice(examples, done, None)
+    return _batches(examples, config, validate=True, start_index=done)
   if source == 'movi_e':
       return pipeline.movi_e_dataset(
         data_dir=config.data.data_dir or None, name=config.data.tfds_name, split='train',
         per_device_batch=config.data.per_device_batch, tracks_to_sample=config.data.tracks_per_clip,
         train_size=tuple(config.data.train_hw), shuffle_buffer=config.data.shuffle_buffer,
         random_crop=config.data.random_crop, color_augmentation=config.data.color_augmentation,
-        seed=config.seed, start_batch=start_step, snap_to_occluder=config.data.get('snap_to_occluder', False))
+        seed=config.seed, start_batch=start_step, snap_to_occluder=config.data.get('snap_to_occluder', False),
+        skip_budget=skip_budget(config, f'MOVi-E {config.data.tfds_name}'))
   raise ValueError(f"unknown data.source {source!r}: use 'synthetic', 'movi_e' or 'custom'")
 
 

@@ -73,9 +73,18 @@ def unlabeled_batches(config, start_step: int = 0) -> Iterator[Batch]:
 
 def mixed_batches(config, start_step: int = 0) -> Iterator[dict[str, Batch]]:
   """{'supervised': the labelled batch of `config.data`, 'unlabeled': `unlabeled_batches`} per step; without the
-  supervised part when `config.selfsup.supervised_weight` is 0."""
+  supervised part when `config.selfsup.supervised_weight` is 0. The supervised stream's skipped examples, if any,
+  are listed under `streams.SKIPPED_KEY` of the pair."""
   unlabeled_stream = unlabeled_batches(config, start_step)
   if config.selfsup.supervised_weight == 0:
     return ({'unlabeled': u} for u in unlabeled_stream)
-  return ({'supervised': s, 'unlabeled': u}
-          for s, u in zip(streams.train_batches(config, start_step), unlabeled_stream))
+  return (_mixed(s, u) for s, u in zip(streams.train_batches(config, start_step), unlabeled_stream))
+
+
+def _mixed(supervised: Batch, unlabeled_batch: Batch) -> dict[str, Batch]:
+  """The step's two batches; the supervised one's skipped examples (host side) move to the top level, where the
+  trainer looks for them."""
+  supervised = dict(supervised)
+  skipped = supervised.pop(streams.SKIPPED_KEY, None)
+  mixed = {'supervised': supervised, 'unlabeled': unlabeled_batch}
+  return mixed if skipped is None else {**mixed, streams.SKIPPED_KEY: skipped}

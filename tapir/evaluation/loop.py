@@ -62,8 +62,18 @@ class EvaluationResult:
   skipped: list[str] = dataclasses.field(default_factory=list)  # videos without any query (not scored)
 
   def table(self, name: str = 'results', fmt: str = 'markdown') -> str:
-    """The published table for this result (`tapir.metrics.format_results_table`)."""
-    return metrics_lib.format_results_table({name: self.mean}, fmt)
+    """The published table for this result (`tapir.metrics.format_results_table`); in markdown followed by
+    `skipped_note` when videos were not scored."""
+    table = metrics_lib.format_results_table({name: self.mean}, fmt)
+    note = self.skipped_note(name)
+    return table + '\n\n' + note if note and fmt == 'markdown' else table
+
+  def skipped_note(self, name: str = 'results') -> str:
+    """'' if every video was scored, else a line naming the videos left out and why."""
+    if not self.skipped:
+      return ''
+    return (f'{name}: {len(self.skipped)} of {len(self.skipped) + len(self.video_names)} videos not scored, '
+            f'no visible point to query: {", ".join(self.skipped)}')
 
   def to_json(self, path: str | os.PathLike) -> None:
     """Writes the means and per-video values; NaN becomes null so the file stays standard JSON."""

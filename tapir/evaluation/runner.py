@@ -70,8 +70,7 @@ def run(config, workdir: str) -> dict[str, evaluation.EvaluationResult]:
   os.makedirs(workdir, exist_ok=True)
   if config.dataset == 'jhmdb':
     return run_jhmdb(config, workdir)
-  results = {}
-  table = {}
+  results, table, notes = {}, {}, []
   for name, predict in predictors(config).items():
     for mode in config.query_modes:
       logging.info('evaluating %s on %s (%s)', name, config.dataset, mode)
@@ -81,7 +80,9 @@ def run(config, workdir: str) -> dict[str, evaluation.EvaluationResult]:
       result.to_csv(stem + '.csv')
       results[f'{name}/{mode}'] = result
       table[f'{config.dataset} {mode}: {name}'] = result.mean
+      notes.append(result.skipped_note(f'{config.dataset} {mode}: {name}'))
   markdown = metrics.format_results_table(table, 'markdown')
+  markdown += ''.join(f'\n\n{note}' for note in notes if note)
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(markdown)
   with open(os.path.join(workdir, 'results.tex'), 'w') as f:

@@ -31,9 +31,10 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 
+from tapir.training import reporting
 from tapir.training import state as training
 
-HISTORY_FILES = ('train_history.json', 'eval_history.json')
+HISTORY_FILES = ('train_history.json', 'eval_history.json', reporting.SKIPPED_FILE)
 BROKEN_SUFFIX = '.broken'
 
 

@@ -9,7 +9,9 @@ checkpoint in any format of `tapir.checkpoint`, e.g. a released one for fine-tun
 Checkpoints hold the whole train state (params, Haiku state, optimiser state, step, RNG, the objective's extra
 state), are written atomically by orbax and the last `config.keep_checkpoints` are kept
 (`tapir.training.checkpointing`, which also says what happens to broken checkpoints and failed writes).
-SIGTERM / SIGINT stop the run after a checkpoint of the step in flight (`tapir.training.preemption`). Only
+SIGTERM / SIGINT stop the run after a checkpoint of the step in flight (`tapir.training.preemption`). Bad
+training examples are skipped by the stream (`tapir.data.bad_examples`): each is listed in
+`workdir/skipped_examples.json` with its step, and the log's `skipped_examples` counts them. Only
 process 0 logs and writes summaries (`tapir.training.reporting`); every process takes part in checkpointing. At
 the end, `workdir/<family>_checkpoint.npz` holds the weights in our pickle-free format with the model family and
 settings.
@@ -26,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from tapir import config_fields
+from tapir.data import bad_examples
 from tapir.data import streams
 from tapir.training import checkpointing
 from tapir.training import evaluator as evaluator_lib
@@ -77,6 +80,12 @@ def _timed(timings: reporting.Timings, field: str):
     setattr(timings, field, getattr(timings, field) + time.perf_counter() - started)
 
 
+def _split(batch) -> tuple[dict, tuple]:
+  """A stream's batch -> (the arrays for the step, its skipped examples: `tapir.data.bad_examples`)."""
+  batch = dict(batch)
+  return batch, tuple(batch.pop(streams.SKIPPED_KEY, ()))
+
+
 def _resume(checkpointer, state, start_step: int, make_batches, batches, batch):
   """Restores the newest checkpoint that restores into `state` (replicated); returns (step, state, batches, batch).
 
@@ -87,7 +96,7 @@ def _resume(checkpointer, state, start_step: int, make_batches, batches, batch):
   if step != start_step:
     batches.close()
     batches = make_batches(step)
-    batch = next(batches)
+    batch = _split(next(batches))
   logging.info('resumed from %s at step %d', checkpointer.directory, step)
   return step, training.replicate(host), batches, batch
 
@@ -120,6 +129,8 @@ def train_and_evaluate(
     FloatingPointError: too many non-finite steps in a row (the last good state is checkpointed first).
     tapir.training.checkpointing.CheckpointRestoreError: checkpoints exist and none restores.
     tapir.training.checkpointing.CheckpointWriteError: a checkpoint could not be written.
+    tapir.data.bad_examples.TooManyBadExamples: the training data had more bad examples than
+      `data.max_skipped_share` allows (the steps done are checkpointed first).
   """
   timings = reporting.Timings()
   run_started = time.perf_counter()
@@ -138,9 +149,9 @@ def train_and_evaluate(
                                                     config.data.get('prefetch', 2), transform=streams.put_on_devices)
     batches, setup_wait = make_batches(start_step), 0.0
     try:
-      batch = next(batches)
+      batch = _split(next(batches))  # (arrays, skipped examples)
       state = jax.pmap(task.make_init(optimizer), axis_name=training.AXIS)(
-          training.replicate(jax.random.PRNGKey(config.seed)), batch)  # same key on every device: identical replicas
+          training.replicate(jax.random.PRNGKey(config.seed)), batch[0])  # same key everywhere: identical replicas
       if start_step:
         start_step, state, batches, batch = _resume(checkpointer, state, start_step, make_batches, batches, batch)
       elif config.init_from:
@@ -148,6 +159,7 @@ def train_and_evaluate(
         logging.info('initialised from %s', config.init_from)
       if reporter.is_chief:  # rows after the restored step were logged by a run that did not checkpoint them
         checkpointing.truncate_histories(workdir, start_step)
+      skipped = reporter.skipped_count()  # bad examples skipped in the steps done (process 0's)
       step_fn = jax.pmap(training.make_step(task.make_update(optimizer)), axis_name=training.AXIS,
                          donate_argnums=(0,))
       metrics, eval_metrics, step, stopped_by = {}, {}, start_step, None
@@ -158,8 +170,11 @@ def train_and_evaluate(
       timings.setup = loop_started - run_started
       while step < last_step:
         started = time.perf_counter()
-        state, device_metrics = step_fn(state, batch)
+        state, device_metrics = step_fn(state, batch[0])
         step += 1
+        if batch[1]:
+          reporter.skipped(step, batch[1])
+          skipped += len(batch[1])
         nonfinite = training.consecutive_nonfinite(state.opt_state)  # waits for the step (4 bytes): no extra cost
         if step == start_step + 1:
           timings.first_step = time.perf_counter() - started
@@ -175,6 +190,7 @@ def train_and_evaluate(
         if step % config.log_every_steps == 0 or step == config.training_steps:
           metrics = reporting.host_metrics(jax.device_get(device_metrics))
           metrics['learning_rate'] = float(training.learning_rate_schedule(config.optimizer)(step - 1))
+          metrics['skipped_examples'] = skipped
           metrics.update(meter.rates(step, timings, batches.wait_seconds - setup_wait))
           rate = (step - start_step) / (time.perf_counter() - loop_started)  # everything included, for the ETA
           reporter.train(step, config.training_steps, metrics, (config.training_steps - step) / max(rate, 1e-9))
@@ -193,7 +209,13 @@ def train_and_evaluate(
                           checkpointer.directory)
           break
         if step < last_step:
-          batch = next(batches)
+          try:
+            batch = _split(next(batches))
+          except bad_examples.TooManyBadExamples:
+            with _timed(timings, 'checkpoints'):  # keep the steps done before stopping
+              checkpointer.save(step, training.unreplicate(state))
+              checkpointer.wait()
+            raise
     finally:
       batches.close()
       timings.data_wait = batches.wait_seconds - setup_wait

@@ -1,20 +1,23 @@
 """What a training run reports: the log line, the JSON histories, TensorBoard, evaluation images, timings.
 
 Only process 0 writes (`Reporter(..., is_chief)`). The log line and `train_history.json` carry whatever metrics
-the objective's step returns (`tapir.training.task`), plus 'learning_rate', 'steps_per_second' and
-'data_wait_fraction'; evaluation values that are uint8 [h, w, 3] arrays are images, written to TensorBoard and to
-`workdir/summaries/<key>_<step>.png`, the rest to `eval_history.json`.
+the objective's step returns (`tapir.training.task`), plus 'learning_rate', 'steps_per_second',
+'data_wait_fraction' and 'skipped_examples' (bad training examples skipped so far, each listed with its step in
+`skipped_examples.json`: `tapir.data.bad_examples`); evaluation values that are uint8 [h, w, 3] arrays are
+images, written to TensorBoard and to `workdir/summaries/<key>_<step>.png`, the rest to `eval_history.json`.
 """
 
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 import numpy as np
 
 from tapir.tracking import paint
+
+SKIPPED_FILE = 'skipped_examples.json'  # one JSON row per skipped training example: step, source, reason
 
 
 @dataclasses.dataclass
@@ -88,6 +91,21 @@ class Reporter:
     if self.writer:
       for key, value in metrics.items():
         self.writer.add_scalar(f'train/{key}', value, step)
+
+  def skipped(self, step: int, bad: Sequence[Any]) -> None:
+    """Lists the bad examples skipped in the batch of `step` (`tapir.data.bad_examples.BadExample`s) in
+    `skipped_examples.json`, one row each (the stream has already warned about each)."""
+    if self.is_chief:
+      for b in bad:
+        self._append(SKIPPED_FILE, {'step': step, 'source': b.source, 'reason': b.reason})
+
+  def skipped_count(self) -> int:
+    """Rows in `skipped_examples.json`: the bad examples of the steps done (0 off the chief)."""
+    path = os.path.join(self.workdir, SKIPPED_FILE)
+    if not self.is_chief or not os.path.exists(path):
+      return 0
+    with open(path) as f:
+      return sum(1 for line in f if line.strip())
 
   def evaluation(self, step: int, evaluated: Mapping[str, Any]) -> dict[str, Any]:
     """Writes an evaluation's numbers and images; returns the numbers."""
