@@ -7,6 +7,7 @@ import subprocess
 import sys
 import types
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,9 +161,7 @@ def test_tiny_run_logs_both_branches_and_resumes_bit_identically(tmp_path):
 
   trainer.train_and_evaluate(config, str(tmp_path / 'resumed'), stop_at=2)
   resumed = trainer.train_and_evaluate(config, str(tmp_path / 'resumed'))
-  for a, b in zip(jax.tree_util.tree_leaves((resumed['state'].params, resumed['state'].extra)),
-                  jax.tree_util.tree_leaves((host.params, host.extra))):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal((resumed['state'].params, resumed['state'].extra), (host.params, host.extra))
 
 
 _TWO_DEVICES = r'''

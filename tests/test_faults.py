@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -260,8 +261,7 @@ def test_resume_falls_back_past_a_broken_checkpoint_bit_identically(four_steps, 
                                         evaluate_fn=lambda params, state, step: {'evaluated_at': step})
   assert 'checkpoints/4 is broken' in caplog.text
   assert result['step'] == 4
-  for a, b in zip(jax.tree_util.tree_leaves(result['state'].params), jax.tree_util.tree_leaves(four_steps[1].params)):
-    np.testing.assert_array_equal(a, b)  # resumed from 3, step 4 redone: the same parameters
+  chex.assert_trees_all_equal(result['state'].params, four_steps[1].params)  # resumed from 3, step 4 redone
   # The rows of step 4 the first run logged were dropped at the restore and written again: each step once.
   assert _history_steps(workdir) == [1, 2, 3, 4]
   assert _history_steps(workdir, 'eval_history.json') == [1, 2, 3, 4]

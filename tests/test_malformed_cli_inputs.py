@@ -70,6 +70,35 @@ def test_checkpoint_garbage(blob):
     fails(lambda: _read(path), pathlib.Path(d), path)
 
 
+# The PyTorch port's formats: a torch-written `.pt` (a zip of a pickle and raw storages) and `.safetensors`.
+TORCH_PT = REPO / 'tests' / 'fixtures' / 'torch_export_small.pt'
+
+
+@functools.cache
+def _valid_safetensors() -> bytes:
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  with np.load(REPO / 'tests' / 'fixtures' / 'torch_export_small.npz') as arrays:
+    return safetensors.numpy.save({k: arrays[k] for k in arrays.files})
+
+
+@SLOW
+@given(fmt=st.sampled_from(['pt', 'safetensors']), data=st.data())
+def test_torch_checkpoint_damaged(fmt, data):
+  """Truncations and byte flips of the torch-written .pt and of a .safetensors: they read, or a ValueError."""
+  blob = data.draw(damaged(TORCH_PT.read_bytes() if fmt == 'pt' else _valid_safetensors()))
+  with scratch() as d:
+    path = write(pathlib.Path(d) / f'ckpt.{fmt}', blob)
+    outcome(lambda: _read(path), pathlib.Path(d), path)
+
+
+@FAST
+@given(blob=garbage(checkpoint_io.ZIP_MAGIC, b'\x08\x00\x00\x00\x00\x00\x00\x00{', b'\x40\x00\x00\x00\x00\x00\x00\x00'))
+def test_torch_checkpoint_garbage(blob):
+  with scratch() as d:
+    path = write(pathlib.Path(d) / 'ckpt.pt', blob)
+    fails(lambda: _read(path), pathlib.Path(d), path)
+
+
 def _npy_of_pickle(payload: bytes) -> bytes:
   """An official-format .npy header for a 0-d object array, followed by `payload` as its pickle."""
   f = io.BytesIO()

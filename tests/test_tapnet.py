@@ -1,14 +1,12 @@
 """TAP-Net: parity with the official implementation, backbone details, checkpoint errors, batch norm under pmap."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
-import textwrap
 
+import chex
 import haiku as hk
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,7 +16,6 @@ from tapir import checkpoint
 from tapir import losses
 from tapir.models import tapnet
 from tapir.models import tsm_resnet
-from tests.conftest import REPO
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'fixtures'  # copied from ../shared/golden
 
@@ -131,47 +128,37 @@ def test_checkpoint_mismatch_lists_missing_unexpected_and_misshaped(checkpoint_t
   assert n == 2_791_090
 
 
-_PMAP_SCRIPT = textwrap.dedent('''
-    import haiku as hk, jax, jax.numpy as jnp, numpy as np
-    import tapir
-    assert jax.local_device_count() == 2, jax.devices()
-    params, state = tapir.load_checkpoint('tests/fixtures/tapnet_checkpoint_small.npy')
-    rng = np.random.default_rng(0)
-    video = rng.uniform(-1, 1, size=(4, 3, 32, 48, 3)).astype(np.float32)
-    queries = np.stack([np.zeros((4, 5)), rng.uniform(0, 32, (4, 5)), rng.uniform(0, 48, (4, 5))], -1)
-    queries = queries.astype(np.float32)
+def test_cross_replica_batchnorm_uses_global_batch_statistics(golden_dir):
+  """Two replicas (faked in this process by `chex.fake_pmap`, the same named-axis collectives) normalise like one
+  replica that sees the whole batch."""
+  params, state = tapir.load_checkpoint(golden_dir / 'tapnet_checkpoint_small.npy')
+  rng = np.random.default_rng(0)
+  video = rng.uniform(-1, 1, size=(4, 3, 32, 48, 3)).astype(np.float32)
+  queries = np.stack([np.zeros((4, 5)), rng.uniform(0, 32, (4, 5)), rng.uniform(0, 48, (4, 5))], -1)
+  queries = queries.astype(np.float32)
 
-    def forward(axis):
-      def fn(v, q):
-        out = tapir.TAPNet(cross_replica_axis=axis)(v, True, q, query_chunk_size=4)
-        return out['feature_grid'], out['occlusion']
-      return hk.transform_with_state(fn).apply
+  def forward(axis):
+    def fn(v, q):
+      out = tapir.TAPNet(cross_replica_axis=axis)(v, True, q, query_chunk_size=4)
+      return out['feature_grid'], out['occlusion']
+    return lambda p, s, v, q: hk.transform_with_state(fn).apply(p, s, None, v, q)
 
-    replicate = lambda tree, n: jax.tree_util.tree_map(lambda x: jnp.stack([x] * n), tree)
-    split = lambda x: x.reshape((2, 2) + x.shape[1:])
-    two = jax.pmap(lambda p, s, v, q: forward('i')(p, s, None, v, q), axis_name='i')
-    (f2, o2), s2 = two(replicate(params, 2), replicate(state, 2), split(video), split(queries))
-    one = jax.pmap(lambda p, s, v, q: forward('i')(p, s, None, v, q), axis_name='i', devices=jax.devices()[:1])
-    (f1, o1), s1 = one(replicate(params, 1), replicate(state, 1), video[None], queries[None])
-    np.testing.assert_allclose(np.asarray(f2).reshape(f1.shape), f1, atol=2e-5)
-    np.testing.assert_allclose(np.asarray(o2).reshape(o1.shape), o1, atol=1e-4)
-    for a, b in zip(jax.tree_util.tree_leaves(s2), jax.tree_util.tree_leaves(s1)):
-      np.testing.assert_allclose(a[0], a[1], atol=1e-6)  # replicas agree
-      np.testing.assert_allclose(a[0], b[0], atol=1e-5)  # and hold the global batch's EMA update
-    # Per-device statistics would differ: the halves of the batch are different videos.
-    local = jax.pmap(lambda p, s, v, q: forward(None)(p, s, None, v, q), axis_name='i')
-    (f_local, _), _ = local(replicate(params, 2), replicate(state, 2), split(video), split(queries))
-    assert np.abs(np.asarray(f_local).reshape(f1.shape) - f1).max() > 1e-3
-    print('OK')
-''')
-
-
-def test_cross_replica_batchnorm_uses_global_batch_statistics():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', JAX_PLATFORMS='cpu',
-             PYTHONPATH=str(REPO))
-  result = subprocess.run([sys.executable, '-c', _PMAP_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
-  assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-4000:]
+  replicate = lambda tree, n: jax.tree_util.tree_map(lambda x: jnp.stack([x] * n), tree)
+  split = lambda x: x.reshape((2, 2) + x.shape[1:])
+  with chex.fake_pmap():
+    (f2, o2), s2 = jax.pmap(forward('i'), axis_name='i')(replicate(params, 2), replicate(state, 2), split(video),
+                                                         split(queries))
+    (f1, o1), s1 = jax.pmap(forward('i'), axis_name='i')(replicate(params, 1), replicate(state, 1), video[None],
+                                                         queries[None])
+    (f_local, _), _ = jax.pmap(forward(None), axis_name='i')(replicate(params, 2), replicate(state, 2),
+                                                             split(video), split(queries))
+  np.testing.assert_allclose(np.asarray(f2).reshape(f1.shape), f1, atol=2e-5)
+  np.testing.assert_allclose(np.asarray(o2).reshape(o1.shape), o1, atol=1e-4)
+  first = lambda tree, i: jax.tree_util.tree_map(lambda x: x[i], tree)
+  chex.assert_trees_all_close(first(s2, 0), first(s2, 1), atol=1e-6)  # the replicas agree
+  chex.assert_trees_all_close(first(s2, 0), first(s1, 0), atol=1e-5)  # on the global batch's EMA update
+  # Per-replica statistics would differ: the halves of the batch are different videos.
+  assert np.abs(np.asarray(f_local).reshape(f1.shape) - f1).max() > 1e-3
 
 
 def test_reference_recipe_config():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,8 +108,7 @@ def test_runner_smoke_resume_and_export(tmp_path):
   assert first['step'] == 2 and first['exported'] is None
   resumed = trainer.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert resumed['step'] == 4
-  for a, b in zip(jax.tree_util.tree_leaves(resumed['state'].params), jax.tree_util.tree_leaves(params)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(resumed['state'].params, params)
 
 
 def test_absl_runner_two_steps(tmp_path):
@@ -224,8 +224,7 @@ def test_remat_refinement_changes_memory_not_numbers():
     results.append(step(state, batch))
   (state_a, metrics_a), (state_b, metrics_b) = results
   np.testing.assert_allclose(metrics_a['loss'], metrics_b['loss'], rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(state_a.params), jax.tree_util.tree_leaves(state_b.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(state_a.params, state_b.params, rtol=1e-4, atol=1e-6)
 
 
 def _tiny_batches(config, nan_from_step=None):
@@ -259,9 +258,8 @@ def test_nonfinite_steps_stop_the_run_after_checkpointing_the_last_good_state(tm
                                        train_data=_tiny_batches(config), evaluate_fn=lambda *a: {})
   assert resumed['step'] == 4
   assert int(np.asarray(resumed['state'].opt_state.notfinite_count)) == 0
-  for a, b in zip(jax.tree_util.tree_leaves(resumed['state'].params), jax.tree_util.tree_leaves(seen[2])):
-    assert np.isfinite(a).all()
-    np.testing.assert_array_equal(a, b)
+  chex.assert_tree_all_finite(resumed['state'].params)
+  chex.assert_trees_all_equal(resumed['state'].params, seen[2])
   assert [json.loads(r)['step'] for r in (tmp_path / 'train_history.json').read_text().splitlines()] == [1, 2, 3]
 
 
