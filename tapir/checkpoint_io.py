@@ -5,8 +5,8 @@ Public entry points are in `tapir.checkpoint` (`load_checkpoint`, `save_checkpoi
   official  `.npy` (magic b'\\x93NUMPY') of a 0-d object array holding {'params': ..., 'state': ..., extras}.
             `read_official` parses the header with `numpy.lib.format` and unpickles the payload with
             `tapir.safe_pickle`'s allow-list: containers, strings and numbers are pickle opcodes; the only
-            globals admitted are the numpy functions that rebuild arrays, dtypes and scalars. Anything else (how a crafted file runs code)
-            raises `UnsafeCheckpointError` naming it, before it is called.
+            globals admitted are the numpy functions that rebuild arrays, dtypes and scalars. Anything else
+            (how a crafted file runs code) raises `UnsafeCheckpointError` naming it, before it is called.
   ours      `.npz` zip (magic b'PK\\x03\\x04') of plain arrays, read with `allow_pickle=False`: entry
             `__tapir_checkpoint__` is UTF-8 JSON {"format_version", "arrays": [[tree, module, name], ...] (entry
             `a<i>` holds the i-th), "model_kwargs", "extra"}; nothing in it can run code.
@@ -105,12 +105,24 @@ def _npz_contents(path: str, npz) -> tuple[dict, dict, dict | None, dict]:
   return trees['params'], trees['state'], meta.get('model_kwargs'), meta.get('extra') or {}
 
 
+def _file_mode() -> int:
+  """The mode `open` would give a new file (0o666 less the umask); mkstemp's own is 0o600."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()  # read once, at import: os.umask is process-wide, so never while other threads run
+
+
 def write_atomically(path: str, write) -> None:
-  """`write(file)` into a temporary file beside `path`, fsync, then rename over `path`."""
+  """`write(file)` into a temporary file beside `path`, fsync, then rename over `path` (with the mode a plain
+  `open` would have given it, not mkstemp's owner-only one)."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
   try:
+    os.fchmod(fd, _FILE_MODE)
     with os.fdopen(fd, 'wb') as f:
       write(f)
       f.flush()

@@ -177,6 +177,14 @@ def test_failed_write_keeps_the_old_file(tmp_path, small_checkpoint, monkeypatch
   assert os.listdir(tmp_path) == ['ckpt.npz']
 
 
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path, small_checkpoint):
+  tapir.save_checkpoint(tmp_path / 'ckpt.npz', small_checkpoint[0])  # atomic: via a mkstemp file (0o600)
+  with open(tmp_path / 'plain', 'w'):
+    pass
+  mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777
+  assert mode('ckpt.npz') == mode('plain'), (oct(mode('ckpt.npz')), oct(mode('plain')))
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(format='pickle'), "format must be 'tapir'"),
     (dict(step=object()), 'JSON-serialisable'),
