@@ -1,4 +1,5 @@
-"""`tapir.track_video` and the `experiments.track` runner on a tiny generated video with tiny random models."""
+"""`tapir.tracking.cli.track_video` and the `experiments.track` runner on a tiny generated video with tiny random
+models."""
 
 import json
 import os

@@ -1,2 +1,3 @@
-"""Tracking for people: `tracker` (offline), `online` (frame by frame), `tapnet` (the baseline), `queries` (grid,
-mask, command-line points), `paint` (tracks drawn on frames) and `cli` (video file in, painted video out)."""
+"""Tracking for people: `loader` (load_tracker), `core` + `tracker` (offline), `online` (frame by frame), `tapnet`
+(the baseline), `queries` (grid, mask, command-line points), `paint` and `rainbow` (tracks drawn on frames), `cli`
+(video file in, painted video out) and `corpus` (a glob of videos, one tracks file each, split across hosts)."""

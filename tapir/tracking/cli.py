@@ -21,6 +21,7 @@ from absl import logging
 import numpy as np
 import tqdm
 
+from tapir import checkpoint_io
 from tapir import conventions
 from tapir import video as video_io
 from tapir.tracking import core
@@ -108,12 +109,13 @@ def track_video(video: np.ndarray, tracker: loader.AnyTracker, query_points: np.
 
 
 def save_tracks(path: str | os.PathLike, result: TrackResult, **settings: Any) -> None:
-  """Writes `tracks`, `visible`, `query_points` and each setting (as a string) to an `.npz` file."""
-  parent = os.path.dirname(os.fspath(path))
-  if parent:
-    os.makedirs(parent, exist_ok=True)
-  np.savez(path, tracks=result.tracks, visible=result.visible, query_points=result.query_points,
-           **{k: np.asarray(str(v)) for k, v in settings.items()})
+  """Writes `tracks`, `visible`, `query_points`, `fps` (float) and each setting (as a string) to an `.npz` file
+  (`.npz` appended if `path` lacks it, as numpy does), atomically: a killed run leaves no partial file."""
+  path = os.fspath(path)
+  path = path if path.endswith('.npz') else path + '.npz'
+  arrays = dict(tracks=result.tracks, visible=result.visible, query_points=result.query_points,
+                fps=np.float64(result.fps), **{k: np.asarray(str(v)) for k, v in settings.items()})
+  checkpoint_io.write_atomically(path, lambda f: np.savez(f, **arrays))  # a file object: nothing appended
 
 
 class _Painter:
