@@ -15,7 +15,8 @@ from ml_collections import config_flags
 from tapir.training import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'configs/<file>.py[:preset]', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'checkpoints, summaries and the exported .npy go here')
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'checkpoints, summaries and the exported <family>_checkpoint.npz go here')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
