@@ -34,6 +34,15 @@ SMALL_KWARGS = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=2, mixer_hid
                     initial_resolution=(64, 64), pyramid_level=0)
 
 
+def save_random_tapir(path: pathlib.Path, **overrides) -> str:
+  """Random TAPIR weights (preset 'tapir' with `overrides`) saved at `path`: subprocesses load them instead of
+  compiling an initialisation each."""
+  import tapir  # pylint: disable=g-import-not-at-top
+  tracker = tapir.Tracker.random_init(preset='tapir', **overrides)
+  tapir.save_checkpoint(path, tracker.params, tracker.state)
+  return str(path)
+
+
 @pytest.fixture(scope='session')
 def golden_dir() -> pathlib.Path:
   if not GOLDEN.is_dir():

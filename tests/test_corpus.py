@@ -16,6 +16,7 @@ import tapir
 from tapir import video as video_io
 from tapir.tracking import cli
 from tapir.tracking import corpus
+from tests.conftest import save_random_tapir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=1, mixer_hidden_dim=32, initial_resolution=(32, 32))
@@ -41,11 +42,7 @@ def _runner(*flags, wait=True):
 
 @pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory):
-  """Random weights, saved once: each process then loads them instead of compiling an initialisation."""
-  tracker = tapir.Tracker.random_init(preset='tapir', **TINY)
-  path = tmp_path_factory.mktemp('ckpt') / 'tiny_tapir.npy'
-  tapir.save_checkpoint(path, tracker.params, tracker.state)
-  return str(path)
+  return save_random_tapir(tmp_path_factory.mktemp('ckpt') / 'tiny_tapir.npy', **TINY)
 
 
 @pytest.fixture(scope='module')

@@ -16,6 +16,7 @@ import tapir
 from tapir.tracking import cli as track_video
 from tapir import video as video_io
 from tapir.tracking import queries as queries_lib
+from tests.conftest import save_random_tapir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,10 +38,7 @@ def video_path(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory):
-  tracker = tapir.Tracker.random_init(preset='tapir', **TINY)
-  path = tmp_path_factory.mktemp('ckpt') / 'tiny_tapir.npy'
-  tapir.save_checkpoint(path, tracker.params, tracker.state)
-  return str(path)
+  return save_random_tapir(tmp_path_factory.mktemp('ckpt') / 'tiny_tapir.npy', **TINY)
 
 
 @pytest.fixture(scope='module')
