@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-import tapir
 from tapir import video as video_io
 from tapir.tracking import cli
 from tapir.tracking import corpus

@@ -18,7 +18,6 @@ import textwrap
 import time
 
 import chex
-import jax
 import numpy as np
 import pytest
 
