@@ -117,15 +117,7 @@ def _frames_in(video: jax.Array) -> jax.Array:  # uint8 [..., 3] -> float32 [1, 
 def _offline_function(params, state, kwargs: Mapping[str, Any], chunk: int):
   """(video uint8 [t, h, w, 3], queries [n, 3]) -> (tracks [n, t, 2], visible, occlusion, expected_dist [n, t])."""
 
-  def features(frames):
-    return tapir_lib.TAPIR(**kwargs).get_feature_grids(frames, is_training=False)
-
-  def heads(frames, grids, query_points):
-    out = tapir_lib.TAPIR(**kwargs)(frames, is_training=False, query_points=query_points, feature_grids=grids)
-    return out['tracks'], out['occlusion'], out['expected_dist']
-
-  features_apply = hk.transform_with_state(features).apply
-  heads_apply = hk.transform_with_state(heads).apply
+  features_apply, heads_apply = tracker_lib.model_functions(kwargs)  # what tapir.Tracker runs
 
   def track(video, query_points):
     frames = _frames_in(video)  # [1, t, h, w, 3]

@@ -10,7 +10,7 @@ pure multiplication (`tapir.conventions`). Validation, resizing, the query-chunk
 tracker core (`tapir.tracking.core`); this module gives it TAPIR's feature pass and heads.
 """
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import haiku as hk
 import jax
@@ -39,6 +39,23 @@ def init_params(model_kwargs: Mapping[str, Any], seed: int = 0):
   return init(jax.random.PRNGKey(seed), jnp.zeros((1, 2, 16, 16, 3)), jnp.zeros((1, 1, 3)))
 
 
+def model_functions(model_kwargs: Mapping[str, Any]) -> tuple[Callable, Callable]:
+  """The offline tracker's two model passes as Haiku apply functions (also what `tapir.export.jax_artifact`
+  exports): features(params, state, rng, video [1, t, h, w, 3]) -> (FeatureGrids, state) and
+  chunk(params, state, rng, video, grids, queries [1, c, 3]) -> ((tracks [1, c, t, 2], occlusion [1, c, t],
+  expected_dist [1, c, t]), state)."""
+
+  def features(video):
+    return tapir_lib.TAPIR(**model_kwargs).get_feature_grids(video, is_training=False)
+
+  def chunk(video, feature_grids, query_points):
+    model = tapir_lib.TAPIR(**model_kwargs)
+    out = model(video, is_training=False, query_points=query_points, feature_grids=feature_grids)
+    return out['tracks'], out['occlusion'], out['expected_dist']
+
+  return hk.transform_with_state(features).apply, hk.transform_with_state(chunk).apply
+
+
 class Tracker(core.ChunkedTracker):
   """Offline TAPIR for arbitrary uint8 videos. See the module docstring and `tapir.tracking.core`."""
 
@@ -48,15 +65,7 @@ class Tracker(core.ChunkedTracker):
     super().__init__(params, state, model_kwargs, query_chunk_size, model_resolution(model_kwargs))
 
   def _build(self, model_kwargs):
-    def features(video):
-      return tapir_lib.TAPIR(**model_kwargs).get_feature_grids(video, is_training=False)
-
-    def chunk(video, feature_grids, query_points):
-      model = tapir_lib.TAPIR(**model_kwargs)
-      out = model(video, is_training=False, query_points=query_points, feature_grids=feature_grids)
-      return out['tracks'], out['occlusion'], out['expected_dist']
-
-    return hk.transform_with_state(features).apply, hk.transform_with_state(chunk).apply
+    return model_functions(model_kwargs)
 
   def _visible(self, occlusion, expected_dist):
     return conventions.visibility_from_logits(occlusion, expected_dist)
