@@ -1,6 +1,7 @@
 """Causal TAPIR: golden parity of the online protocol, online == offline, constant-size state, query updates."""
 
 import json
+import logging
 
 import haiku as hk
 import jax
@@ -140,3 +141,139 @@ def test_zero_state_any_shape_and_official_round_trip():
   assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(state)
   with pytest.raises(ValueError, match='iterations'):
     causal.stack_by_level(state, num_pips_iter=4, num_levels=1)
+
+
+def _concatenating_reference(params, state, kwargs, video, first_points, added_points, added_at):
+  """The online protocol as the tracker ran it before slots: the step on exactly the active points, new points'
+  features and zero histories concatenated after the old ones. Returns per frame tracks [n, 2] (model pixels)."""
+
+  def query_features(frame, query_points):
+    return tapir.TAPIR(**kwargs).get_query_features(frame, False, query_points)
+
+  def step(frame, features, context):
+    model = tapir.TAPIR(**kwargs)
+    grids = model.get_feature_grids(frame, False)
+    out = model.estimate_trajectories(frame.shape[2:4], False, grids, features, None, 64, context, True)
+    return out['tracks'][-1], out['causal_context']
+
+  query_features = jax.jit(hk.transform_with_state(query_features).apply)
+  step = jax.jit(hk.transform_with_state(step).apply)
+  frames = tapir.conventions.frames_to_model_input(video)[:, None, None]  # [t, 1, 1, h, w, 3]
+  with_t = lambda p: np.concatenate([np.zeros((len(p), 1), np.float32), p], -1)[None]
+  features, _ = query_features(params, state, None, frames[0], with_t(first_points))
+  zeros = lambda n: causal.zero_state(1, n, kwargs['mixer_hidden_dim'], kwargs['num_mixer_blocks'], 4, 1)
+  context = zeros(len(first_points))
+  out = []
+  for t, frame in enumerate(frames):
+    if t == added_at:
+      new, _ = query_features(params, state, None, frame, with_t(added_points))
+      concat = lambda a, b: jnp.concatenate([a, b], axis=1)
+      features = jax.tree_util.tree_map(concat, features, new)
+      context = jax.tree_util.tree_map(concat, context, zeros(len(added_points)))
+    (tracks, context), _ = step(params, state, None, frame, features, context)
+    out.append(np.asarray(tracks[0, :, 0]))
+  return out
+
+
+@pytest.mark.parametrize('slots', [dict(), dict(min_slots=3, capacity=5)], ids=['empty-slots', 'no-empty-slot'])
+def test_slots_give_the_numbers_of_the_points_alone(rng, slots):
+  video = _uint8_video(rng, 6, 32, 32)
+  first, added = np.array([[5.0, 5.0], [20.5, 12.0], [30.0, 2.0]]), np.array([[12.0, 25.0], [1.0, 30.5]])
+  tracker = tapir.OnlineTracker.random_init(resize_to=None, **slots, **TINY_CAUSAL)
+  tracker.start(video[0], first)
+  online = []
+  for t, frame in enumerate(video):
+    if t == 3:
+      assert tracker.add_queries(frame, added).tolist() == [3, 4]
+    online.append(tracker.step(frame).tracks)
+  assert tracker.num_slots == (8 if not slots else 5)
+  reference = _concatenating_reference(tracker.params, tracker.state, tracker.model_kwargs, video, first, added, 3)
+  for got, want in zip(online, reference):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_slot_indices_are_stable_and_reused_lowest_first(rng):
+  video = _uint8_video(rng, 8, 32, 32)
+  points = np.array([[4.0, 4.0], [10.0, 20.0], [25.0, 7.0], [16.0, 16.0], [28.0, 28.0]])
+  alone = tapir.OnlineTracker.random_init(resize_to=None, **TINY_CAUSAL)
+  alone.start(video[0], points[[1, 3]])
+  tracker = tapir.OnlineTracker(alone.params, alone.state, alone.model_kwargs, resize_to=None, min_slots=2)
+  tracker.start(video[0], points[:4])
+  assert tracker.num_slots == 4
+  tracker.remove_queries([0, 2])  # 2 left: they move to a bucket of 2 slots, keeping their indices
+  assert tracker.indices.tolist() == [1, 3] and tracker.num_slots == 2
+  for frame in video[:3]:
+    np.testing.assert_allclose(tracker.step(frame).tracks, alone.step(frame).tracks, atol=1e-5, rtol=0)
+  assert tracker.add_queries(video[3], points[4:]).tolist() == [0]  # the lowest free index
+  assert tracker.indices.tolist() == [0, 1, 3] and tracker.step(video[3]).tracks.shape == (3, 2)
+  tracker.replace_queries(video[4], points[:1], [3])
+  with pytest.raises(ValueError, match=r'indices must be those of active points \(\[0, 1, 3\]\)'):
+    tracker.remove_queries([2])
+  tracker.clear()
+  assert tracker.num_points == 0 and tracker.step(video[5]).tracks.shape == (0, 2)
+  assert tracker.add_queries(video[6], points[:2]).tolist() == [0, 1]
+
+
+def test_capacity_is_a_hard_limit(rng):
+  frame = _uint8_video(rng, 1, 32, 32)[0]
+  tracker = tapir.OnlineTracker.random_init(resize_to=None, capacity=3, **TINY_CAUSAL)
+  tracker.start(frame, np.array([[4.0, 4.0], [8.0, 8.0]]))
+  with pytest.raises(ValueError, match='capacity=3'):
+    tracker.add_queries(frame, np.array([[1.0, 1.0], [2.0, 2.0]]))
+  assert tracker.num_points == 2 and tracker.num_slots == 3 and tracker.step(frame).tracks.shape == (2, 2)
+  with pytest.raises(ValueError, match='capacity must be an integer >= 1'):
+    tapir.OnlineTracker.random_init(resize_to=None, capacity=0, **TINY_CAUSAL)
+  with pytest.raises(ValueError, match='max_points is needed'):
+    tapir.OnlineTracker.random_init(resize_to=None, **TINY_CAUSAL).warm_up(frame)
+
+
+class _Compilations(logging.Handler):
+  """Counts the compilations JAX logs (`jax_log_compiles`) while it is installed."""
+
+  def __init__(self):
+    super().__init__()
+    self.names = []
+
+  def emit(self, record):
+    message = record.getMessage()
+    if message.startswith('Compiling '):
+      self.names.append(message.split(' with ')[0])
+
+  def __enter__(self):
+    self._logging = jax.log_compiles(True)
+    self._logging.__enter__()
+    logging.getLogger('jax').addHandler(self)
+    return self
+
+  def __exit__(self, *exc):
+    logging.getLogger('jax').removeHandler(self)
+    self._logging.__exit__(*exc)
+
+
+def test_adding_points_one_by_one_mid_stream_compiles_nothing_after_warm_up(rng):
+  video = _uint8_video(rng, 24, 32, 32)
+  tracker = tapir.OnlineTracker.random_init(resize_to=None, capacity=12, min_slots=4, **TINY_CAUSAL)
+  tracker.warm_up(video[0])  # buckets of 4, 8 and 12 slots
+  with _Compilations() as compiled:
+    tracker.start(video[0], np.zeros((0, 2)))
+    for t, frame in enumerate(video):
+      if 1 <= t <= 12:
+        assert tracker.add_queries(frame, rng.uniform(0, 31, (1, 2))).tolist() == [t - 1]
+      if t == 14:
+        tracker.remove_queries(np.arange(1, 12))  # down to the 4-slot bucket
+      if t == 16:
+        tracker.clear()
+      if t == 18:
+        tracker.add_queries(frame, rng.uniform(0, 31, (6, 2)))
+      assert tracker.step(frame).tracks.shape == (tracker.num_points, 2)
+  assert compiled.names == []
+  assert tracker._step._cache_size() == 3  # pylint: disable=protected-access
+  # Without a warm-up, the first point's step compiles the 4-slot bucket; the next three points compile nothing.
+  cold = tapir.OnlineTracker(tracker.params, tracker.state, tracker.model_kwargs, resize_to=None, min_slots=4)
+  cold.start(video[0], rng.uniform(0, 31, (1, 2)))
+  cold.step(video[0])
+  with _Compilations() as compiled:
+    for frame in video[1:4]:
+      cold.add_queries(frame, rng.uniform(0, 31, (1, 2)))
+      cold.step(frame)
+  assert compiled.names == [] and cold.num_points == 4

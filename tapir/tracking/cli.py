@@ -11,7 +11,6 @@ and write one frame at a time (`tapir.video`). Coordinates are pixels of the inp
 convention of `tapir.conventions`); the trackers handle resizing (`tapir.tracking.core`).
 """
 
-import collections
 import contextlib
 import json
 import os
@@ -118,20 +117,6 @@ def save_tracks(path: str | os.PathLike, result: TrackResult, **settings: Any) -
   checkpoint_io.write_atomically(path, lambda f: np.savez(f, **arrays))  # a file object: nothing appended
 
 
-class _Painter:
-  """Paints frames one at a time with the trail of the last `trail` frames (a bounded window of positions)."""
-
-  def __init__(self, query_points: np.ndarray, frame_hw: Sequence[int], trail: int):
-    self.colors = paint.rainbow_colors(query_points, frame_hw)
-    self.trail = trail
-    self.window = collections.deque(maxlen=trail + 1)
-
-  def paint(self, frame: np.ndarray, tracks: np.ndarray, visible: np.ndarray) -> np.ndarray:
-    self.window.append((tracks, visible))
-    return paint.paint_frame(frame, np.stack([w[0] for w in self.window], 1), np.stack([w[1] for w in self.window], 1),
-                           self.colors, self.trail)
-
-
 def track_file(video_path: str, out_path: str | None, checkpoint: str | None = None, preset: str | None = None, *,
                grid: int | None = None, points: str | None = None, mask: str | None = None,
                mask_frame: int = 0, online: bool = False, resize: int | None = None, save_path: str | None = None,
@@ -196,7 +181,8 @@ def track_and_paint(tracker: loader.AnyTracker, video_path: str, out_path: str |
   info = info or video_io.probe(video_path)
   shape = (info.num_frames, info.height, info.width, 3)
   query_points = np.asarray(query_points, np.float32)  # checked by the tracker (offline) or below (online)
-  painter = _Painter(query_points, shape[1:3], trail)
+  painter = paint.TrailPainter(trail, paint.rainbow_colors(query_points, shape[1:3]))
+  indices = np.arange(len(query_points))
   frame_bar = lambda frames, desc: tqdm.tqdm(frames, desc=desc, total=info.num_frames, disable=not progress)
   if isinstance(tracker, online_lib.OnlineTracker):
     query_points = core.check_queries(query_points, shape)
@@ -207,7 +193,7 @@ def track_and_paint(tracker: loader.AnyTracker, video_path: str, out_path: str |
       for step in stream_online(tracker, frame_bar(reader, 'tracking'), query_points):
         columns.append((step.tracks, step.visible))
         if writer is not None:
-          writer.write(painter.paint(step.frame, step.tracks, step.visible))
+          writer.write(painter.paint(step.frame, indices, step.tracks, step.visible))
     tracks, visible = np.stack([c[0] for c in columns], 1), np.stack([c[1] for c in columns], 1)
   else:
     model_hw = resize_to or shape[1:3]
@@ -223,5 +209,5 @@ def track_and_paint(tracker: loader.AnyTracker, video_path: str, out_path: str |
            video_io.FrameWriter(out_path, *shape[1:3], info.fps) as writer:
         for f, frame in enumerate(frame_bar(reader, 'painting')):
           if f < tracks.shape[1]:
-            writer.write(painter.paint(frame, tracks[:, f], visible[:, f]))
+            writer.write(painter.paint(frame, indices, tracks[:, f], visible[:, f]))
   return tracks, visible

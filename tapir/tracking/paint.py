@@ -9,6 +9,7 @@ is a disc of whole pixels centred on that pixel (no anti-aliasing). `ImageDraw` 
 (a shape's bounding box includes both end pixels), so raster coordinates are shifted by -0.5 for it.
 """
 
+import collections
 import colorsys
 import os
 from typing import Sequence
@@ -154,6 +155,41 @@ def paint_frame(frame: np.ndarray,  # [h, w, 3] uint8
     else:
       draw.ellipse(box, outline=tuple(colors[i]), width=line_width)
   return np.asarray(image)
+
+
+class TrailPainter:
+  """Paints frames one at a time with each point's last `trail` positions (bounded per point) and an optional
+  overlay text (white on a dark box at the top-left corner). Points may come and go between frames: each is
+  known by its index, which picks its colour (`colors[index]`, default `point_colors`)."""
+
+  def __init__(self, trail: int = 8, colors: np.ndarray | None = None):  # colors [n, 3] uint8 by index
+    if isinstance(trail, bool) or not isinstance(trail, int) or trail < 0:
+      raise ValueError(f'trail must be an integer >= 0; got {trail!r}')
+    self.trail = trail
+    self.colors = None if colors is None else np.asarray(colors, np.uint8)
+    self.history: dict[int, collections.deque] = {}  # index -> deque of ((x, y), visible)
+
+  def paint(self, frame: np.ndarray,  # [h, w, 3] uint8
+            indices: np.ndarray,  # [n] the points' indices
+            tracks: np.ndarray,  # [n, 2] (x, y) pixels of `frame`
+            visible: np.ndarray,  # [n] bool
+            overlay: str | None = None) -> np.ndarray:  # [h, w, 3] uint8
+    indices = [int(i) for i in indices]
+    for gone in set(self.history) - set(indices):
+      del self.history[gone]
+    for i, xy, vis in zip(indices, np.asarray(tracks, np.float64), np.asarray(visible, bool)):
+      self.history.setdefault(i, collections.deque(maxlen=self.trail + 1)).append((xy, vis))
+    if overlay:
+      frame = contact_sheet(np.asarray(frame)[None], columns=1, labels=[overlay])
+    if not indices:
+      return np.array(frame, np.uint8)
+    k = max(len(self.history[i]) for i in indices)  # shorter histories start with positions never drawn
+    rows = [[(np.full(2, np.nan), False)] * (k - len(self.history[i])) + list(self.history[i]) for i in indices]
+    xy, vis = np.array([[p[0] for p in r] for r in rows]), np.array([[p[1] for p in r] for r in rows])
+    if self.colors is not None and max(indices) >= len(self.colors):
+      raise ValueError(f'indices must be < {len(self.colors)} (the colours given); got {max(indices)}')
+    colors = (point_colors(max(indices) + 1) if self.colors is None else self.colors)[indices]
+    return paint_frame(frame, xy, vis, colors, self.trail)
 
 
 def side_by_side(*videos: np.ndarray, gap: int = 0) -> np.ndarray:  # [..., h, sum(w) + gaps, 3] uint8
