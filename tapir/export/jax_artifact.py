@@ -45,7 +45,6 @@ import json
 import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
-import haiku as hk
 import jax
 from jax import export as jax_export
 import jax.numpy as jnp
@@ -54,10 +53,10 @@ from tapir import checkpoint as checkpoint_lib
 from tapir import checkpoint_io
 from tapir import checkpoint_torch
 from tapir import conventions
-from tapir.models import causal
 from tapir.models import refinement
 from tapir.models import shapes
 from tapir.models import tapir as tapir_lib
+from tapir.tracking import online as online_lib
 from tapir.tracking import queries as queries_lib
 from tapir.tracking import tracker as tracker_lib
 
@@ -145,25 +144,12 @@ def _levels(kwargs: Mapping[str, Any], hw: tuple[int, int]) -> int:
 def _online_functions(params, state, kwargs: Mapping[str, Any], hw: tuple[int, int]):
   """start(frame, query_points_yx) -> (features, context); step(frame, features, context) -> outputs, context."""
   levels = _levels(kwargs, hw)
-  zero = lambda n: causal.zero_state(1, n, kwargs.get('mixer_hidden_dim', 512), kwargs.get('num_mixer_blocks', 12),
-                                     kwargs.get('num_pips_iter', 4), levels)
+  zero = lambda n: online_lib.zero_context(kwargs, n, hw)
   features_tree = jax.tree_util.tree_structure(tapir_lib.QueryFeatures((0,) * (levels + 1), (0,) * (levels + 1)))
   context_tree = jax.tree_util.tree_structure(zero(1))
   unbatched = lambda tree: tuple(a[0] for a in jax.tree_util.tree_leaves(tree))
   batched = lambda treedef, leaves: jax.tree_util.tree_unflatten(treedef, [a[None] for a in leaves])
-
-  def query_features(frames, query_points):
-    return tapir_lib.TAPIR(**kwargs).get_query_features(frames, False, query_points)
-
-  def track_frame(frames, features, context):
-    model = tapir_lib.TAPIR(**kwargs)
-    grids = model.get_feature_grids(frames, False)
-    out = model.estimate_trajectories(frames.shape[2:4], False, grids, features, None, None,
-                                      causal_context=context, get_causal_context=True)
-    return out['tracks'][-1], out['occlusion'][-1], out['expected_dist'][-1], out['causal_context']
-
-  query_apply = hk.transform_with_state(query_features).apply
-  frame_apply = hk.transform_with_state(track_frame).apply
+  query_apply, frame_apply = online_lib.model_functions(kwargs)  # what tapir.OnlineTracker runs
 
   def start(frame, query_points_yx):
     queries = jnp.concatenate([jnp.zeros_like(query_points_yx[:, :1]), query_points_yx], axis=-1)
@@ -173,7 +159,6 @@ def _online_functions(params, state, kwargs: Mapping[str, Any], hw: tuple[int, i
   def step(frame, features, context):
     (tracks, occ, expd, context), _ = frame_apply(params, state, None, _frames_in(frame[None]),
                                                   batched(features_tree, features), batched(context_tree, context))
-    tracks, occ, expd = tracks[0, :, 0], occ[0, :, 0], expd[0, :, 0]
     return tracks, conventions.visibility_from_logits(occ, expd), occ, expd, unbatched(context)
 
   feature_names = [f'{res}_{k}' for res in ('lowres', 'hires') for k in range(levels + 1)]

@@ -27,7 +27,7 @@ removals the indices are 0, 1, 2, ... in order of addition, and after `clear()` 
 returns the active points in increasing index order; `indices` lists those indices.
 """
 
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from absl import logging
 import haiku as hk
@@ -71,23 +71,9 @@ class OnlineTracker:
       raise ValueError('online tracking needs a causal model (use_causal_conv=True, e.g. preset="causal_tapir")')
     checkpoint_lib.check_params(params, self.model_kwargs)
     self.params, self.state = jax.device_put(params), jax.device_put(state)
-    kwargs = self.model_kwargs
-
-    def query_features(frame, query_points):
-      model = tapir_lib.TAPIR(**kwargs)
-      return model.get_query_features(frame, False, query_points)
-
-    def step(frame, features, context):
-      model = tapir_lib.TAPIR(**kwargs)
-      grids = model.get_feature_grids(frame, False)
-      out = model.estimate_trajectories(frame.shape[2:4], False, grids, features, None, query_chunk_size,
-                                        causal_context=context, get_causal_context=True)
-      squeeze = lambda a: a[0, :, 0]  # [1, slots, 1, ...] -> [slots, ...]
-      return (squeeze(out['tracks'][-1]), squeeze(out['occlusion'][-1]), squeeze(out['expected_dist'][-1]),
-              out['causal_context'])
-
-    self._query_features = jax.jit(hk.transform_with_state(query_features).apply)
-    self._step = jax.jit(hk.transform_with_state(step).apply)
+    query_features, step = model_functions(self.model_kwargs, query_chunk_size)
+    self._query_features = jax.jit(query_features)
+    self._step = jax.jit(step)
     self._write = jax.jit(_write_slots)
     self._gather = jax.jit(_gather_slots)
     self._slots_used = set()  # slot counts the step has run with (each compiled once)
@@ -198,11 +184,7 @@ class OnlineTracker:
     return features
 
   def _zero_context(self, num_points: int, model_hw) -> causal.CausalState:
-    levels = len(tapir_lib.generate_default_resolutions(model_hw, self.model_kwargs.get('initial_resolution',
-                                                                                         (256, 256))))
-    return causal.zero_state(1, num_points, self.model_kwargs.get('mixer_hidden_dim', 512),
-                             self.model_kwargs.get('num_mixer_blocks', 12),
-                             self.model_kwargs.get('num_pips_iter', 4), levels)
+    return zero_context(self.model_kwargs, num_points, model_hw)
 
   def _put(self, model_frame: jax.Array, hw, query_points_yx: np.ndarray, slots: np.ndarray) -> None:
     """Writes new points into `slots` (their history zeroed)."""
@@ -357,6 +339,35 @@ class OnlineTracker:
     tracks = conventions.convert_grid_coordinates(tracks, (model_w, model_h), (w, h))
     return OnlineOutput(tracks=tracks, visible=conventions.visibility_from_logits(occ, expd), occlusion=occ,
                         expected_dist=expd)
+
+
+def model_functions(model_kwargs: Mapping[str, Any], query_chunk_size: int | None = None
+                    ) -> tuple[Callable, Callable]:
+  """The online model's two passes as Haiku apply functions (also what `tapir.export.jax_artifact` exports):
+  query_features(params, state, rng, frame [1, 1, h, w, 3], queries [1, n, 3]) -> (QueryFeatures, state) and
+  step(params, state, rng, frame, features, context) -> ((tracks [n, 2], occlusion [n], expected_dist [n],
+  new context), state): the last refinement iteration's outputs for the frame."""
+
+  def query_features(frame, query_points):
+    return tapir_lib.TAPIR(**model_kwargs).get_query_features(frame, False, query_points)
+
+  def step(frame, features, context):
+    model = tapir_lib.TAPIR(**model_kwargs)
+    grids = model.get_feature_grids(frame, False)
+    out = model.estimate_trajectories(frame.shape[2:4], False, grids, features, None, query_chunk_size,
+                                      causal_context=context, get_causal_context=True)
+    squeeze = lambda a: a[0, :, 0]  # [1, n, 1, ...] -> [n, ...]
+    return (squeeze(out['tracks'][-1]), squeeze(out['occlusion'][-1]), squeeze(out['expected_dist'][-1]),
+            out['causal_context'])
+
+  return hk.transform_with_state(query_features).apply, hk.transform_with_state(step).apply
+
+
+def zero_context(model_kwargs: Mapping[str, Any], num_points: int, model_hw) -> causal.CausalState:
+  """The causal context of `num_points` points that have seen no frame, for frames of `model_hw` (h, w)."""
+  levels = len(tapir_lib.generate_default_resolutions(model_hw, model_kwargs.get('initial_resolution', (256, 256))))
+  return causal.zero_state(1, num_points, model_kwargs.get('mixer_hidden_dim', 512),
+                           model_kwargs.get('num_mixer_blocks', 12), model_kwargs.get('num_pips_iter', 4), levels)
 
 
 def _write_slots(features: tapir_lib.QueryFeatures, context: causal.CausalState,
