@@ -1,11 +1,20 @@
 r"""Speed and memory benchmark: offline forward, online step, training step. Writes a markdown table.
 
     python scripts/benchmark.py --out benchmark.md              # the default suite (full-size TAPIR, ~10 min on CPU)
-    python scripts/benchmark.py --suite quick --out quick.md    # small settings, a minute
+    python scripts/benchmark.py --suite quick --out quick.md    # small settings, a few minutes
+    python scripts/benchmark.py --suite tiny --repeats 1         # tiny models: checks the accounting, seconds
+    python scripts/benchmark.py --cases 0,7,11,13                # some of the suite's cases (0-based indices)
 
 Each case runs in its own process, so "peak memory" is that process's peak resident set size (model, inputs,
 XLA buffers and compilation included). Times are the median of `--repeats` runs after one warm-up (compile) run;
 the compile time is reported separately. Random weights: speed does not depend on the values.
+
+FLOPs (`scripts/flops.py`): each case's XLA call is counted on its jaxpr, every scan body once per trip (XLA's
+`cost_analysis()` counts a loop body once: a third of the offline forward). The same process then measures the
+peaks (`scripts.flops.measure_peaks`: a 2048^3 f32 matmul, a 3x3 conv of the backbone's first block group, a 512 MB
+in-place update). Columns: GFLOP per run, GFLOP/s, their share of the matmul (and conv) peak, and the bound
+(`scripts.flops.bound`): compute, memory traffic or Python/dispatch, whichever explains half of the time at those
+peaks, else "other XLA work".
 
 Training cases:
   train step, paper recipe      `configs/tapir.py` (batch norm, dense patches, chunk 32), one clip per step;
@@ -37,6 +46,10 @@ import subprocess
 import sys
 import time
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # run as `python scripts/benchmark.py`
+  sys.path.insert(0, REPO)
+
 CASES = {
     'default': [
         # kind, frames, size, points, extra
@@ -62,6 +75,11 @@ CASES = {
         dict(kind='teacher_cpu_preset'),
         dict(kind='inference_cpu_preset'),
     ],
+    'tiny': [  # the accounting on tiny models (tests/test_flops.py): small shapes, small peak benchmarks
+        dict(kind='offline', frames=2, size=32, points=16, chunk=8, model='tiny', peaks='tiny'),
+        dict(kind='online', frames=2, size=32, points=8, model='tiny', peaks='tiny'),
+        dict(kind='gradient', frames=2, size=32, points=8, chunk=8, model='tiny', peaks='tiny'),
+    ],
     'quick': [
         dict(kind='offline', frames=8, size=128, points=64),
         dict(kind='online', frames=8, size=128, points=64),
@@ -74,6 +92,11 @@ CASES = {
         dict(kind='inference_cpu_preset'),
     ],
 }
+
+
+TINY_MODEL = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=1, mixer_hidden_dim=32, initial_resolution=(32, 32),
+                  pyramid_level=0)
+TINY_PEAKS = dict(matmul=256, conv_shape=(1, 32, 32, 16), copy_mb=4, repeats=3)
 
 
 def _median(xs):
@@ -92,6 +115,7 @@ def run_case(case: dict, repeats: int) -> dict:
   from configs import tapir as tapir_configs  # the settings the trainer uses
   from tapir.tracking import tracker as tracker_lib
   from tapir.training import state as training
+  from scripts import flops  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
   kind = case['kind']
@@ -128,9 +152,11 @@ def run_case(case: dict, repeats: int) -> dict:
         kwargs[name] = case[key]
     frames, size, points, batch = case['frames'], case['size'], case['points'], case.get('batch', 1)
     chunk = case.get('chunk', config.train_chunk_size)
+    kwargs.update(TINY_MODEL if case.get('model') == 'tiny' else {})
   else:
     kwargs = dict(pyramid_level=0, bilinear_interp_with_depthwise_conv=case.get('dense', False),
                   feature_extractor_chunk_size=case.get('feature_chunk'), use_causal_conv=kind == 'online')
+    kwargs.update(TINY_MODEL if case.get('model') == 'tiny' else {})
     frames, size, points, batch = case['frames'], case['size'], case['points'], case.get('batch', 1)
     chunk = case.get('chunk', 64)
 
@@ -139,20 +165,27 @@ def run_case(case: dict, repeats: int) -> dict:
                       rng.uniform(0, size, (batch, points))], -1).astype(np.float32)
   queries = jnp.asarray(queries)
 
+  counted, separate = None, False  # the XLA call a run makes (fn, args); whether the run does more than that call
   if kind == 'render_cpu_batch':
     pass
   elif kind in ('selfsup_cpu_preset', 'teacher_cpu_preset', 'inference_cpu_preset'):
-    run = _selfsup_case(kind, config, kwargs, chunk, video, queries)
+    run, counted = _selfsup_case(kind, config, kwargs, chunk, video, queries)
   elif kind == 'offline':
     params, state = tracker_lib.init_params(kwargs)
     apply = jax.jit(hk.transform_with_state(
         lambda v, q: tapir.TAPIR(**kwargs)(v, False, q, query_chunk_size=chunk)).apply)
     run = lambda: apply(params, state, None, video, queries)[0]
+    counted = apply, (params, state, None, video, queries)
   elif kind == 'online':
     tracker = tapir.OnlineTracker(*tracker_lib.init_params(kwargs), kwargs, resize_to=None)
     frames_u8 = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
     tracker.start(frames_u8[0], np.asarray(queries[0, :, 1:]))
     run = lambda: tracker.step(frames_u8[1])
+    # The step's one XLA call; the rest is host work (frame conversion, slot bookkeeping, outputs to NumPy).
+    t = tracker
+    # pylint: disable-next=protected-access
+    counted = t._step, (t.params, t.state, None, t._prepare(frames_u8[1])[0], t._features, t._context)
+    separate = True
   elif kind == 'gradient':
     # Value and gradient of all outputs; batch norm's local-batch statistics (no mapped axis here).
     kwargs['cross_replica_axis'] = None
@@ -162,6 +195,7 @@ def run_case(case: dict, repeats: int) -> dict:
         model.apply(p, state, jax.random.PRNGKey(1), video, queries)[0]))
     grad = jax.jit(jax.value_and_grad(total))
     run = lambda: grad(params)
+    counted = grad, (params,)
   else:
     model = training.make_model(kwargs, chunk)
 
@@ -173,12 +207,14 @@ def run_case(case: dict, repeats: int) -> dict:
         jax.random.PRNGKey(0)[None], batch_arrays)
     step = jax.pmap(training.make_train_step(model, optimizer, config.loss), axis_name=training.AXIS)
     holder = [train_state]
+    counted, separate = (step, (train_state, batch_arrays)), bool(case.get('data'))
     if kind == 'train_memory':  # compile only: XLA's temporaries of one step
       compiled = jax.jit(jax.vmap(training.make_train_step(model, optimizer, config.loss), axis_name=training.AXIS))
       start = time.perf_counter()
       memory = compiled.lower(train_state, batch_arrays).compile().memory_analysis()
       return dict(case=case, frames=frames, size=size, points=points, batch=batch, seconds=None,
-                  compile_seconds=time.perf_counter() - start, peak_mb=memory.temp_size_in_bytes / 2**20)
+                  compile_seconds=time.perf_counter() - start, peak_mb=memory.temp_size_in_bytes / 2**20,
+                  **flops.account(flops.count(compiled, train_state, batch_arrays), None, None))
     batches = None
     if case.get('data'):  # the real built-in scene stream, made ahead in the trainer's prefetcher
       from tapir.data import streams  # pylint: disable=g-import-not-at-top
@@ -201,8 +237,16 @@ def run_case(case: dict, repeats: int) -> dict:
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   if kind == 'train_cpu_preset' and case.get('data'):
     batches.close()
+  cost = device_seconds = None
+  if counted is not None:
+    fn, args = counted
+    cost, device_seconds = flops.count(fn, *args), steady
+    if separate:  # the XLA call alone, to tell its time from the host's
+      device_seconds = flops.median_seconds(fn, *args, repeats=repeats)
+  peaks = None if cost is None else flops.measure_peaks(**(TINY_PEAKS if case.get('peaks') == 'tiny' else {}))
   return dict(case=case, frames=frames, size=size, points=points, batch=batch, seconds=steady,
-              compile_seconds=max(first - steady, 0.0), peak_mb=peak_mb)
+              compile_seconds=max(first - steady, 0.0), peak_mb=peak_mb, peaks=peaks,
+              **flops.account(cost, steady, peaks, device_seconds))
 
 
 def _selfsup_case(kind, config, kwargs, chunk, video, queries):
@@ -230,7 +274,7 @@ def _selfsup_case(kind, config, kwargs, chunk, video, queries):
     def run():
       holder[0], metrics = step(holder[0], batch)
       return metrics
-    return run
+    return run, (step, (holder[0], batch))
   model = training.make_model(kwargs, chunk)
   params, state = model.init(jax.random.PRNGKey(0), video, queries)
   if kind == 'teacher_cpu_preset':
@@ -238,7 +282,7 @@ def _selfsup_case(kind, config, kwargs, chunk, video, queries):
     apply = jax.jit(lambda p, s, r: teacher.apply(p, s, r, video, queries, lambda tracks, visible: visible)[0])
   else:
     apply = jax.jit(lambda p, s, r: model.apply(p, s, r, video, queries, is_training=False)[0])
-  return lambda: apply(params, state, jax.random.PRNGKey(1))
+  return lambda: apply(params, state, jax.random.PRNGKey(1)), (apply, (params, state, jax.random.PRNGKey(1)))
 
 
 def describe_machine() -> str:
@@ -254,7 +298,10 @@ def describe_machine() -> str:
 
 
 def _label(r) -> str:
-  c = r['case']
+  return _case_label(r['case']) + (' (tiny model)' if r['case'].get('model') == 'tiny' else '')
+
+
+def _case_label(c) -> str:
   kind = c['kind']
   if kind == 'render_cpu_batch':
     return f"render one `configs/tapir.py:cpu` batch ({c['scenes']} scenes, one thread)"
@@ -268,7 +315,8 @@ def _label(r) -> str:
   if kind == 'train_memory':
     return 'train step temporaries, paper recipe' + (' (remat_refinement)' if c.get('remat') else ' (no remat)')
   if kind in ('train', 'gradient'):
-    what = 'train step, paper recipe' if kind == 'train' else 'gradient of all outputs, paper model, chunk 32'
+    what = ('train step, paper recipe' if kind == 'train' else
+            f'gradient of all outputs, paper model, chunk {c.get("chunk", 32)}')
     return what + (' (gather patches)' if c.get('dense') is False else '')
   extra = []
   if c.get('dense'):
@@ -280,17 +328,19 @@ def _label(r) -> str:
 
 
 def to_markdown(results, machine: str) -> str:
-  lines = [f'Machine: {machine}', '',
-           '| case | batch × frames × size² × points | time (s) | compile (s) | peak memory (GB) |',
-           '|---|---|---|---|---|']
+  from scripts import flops  # pylint: disable=g-import-not-at-top
+  lines = [f'Machine: {machine}', '', flops.peaks_line([r['peaks'] for r in results if r.get('peaks')]), '',
+           '| case | batch × frames × size² × points | time (s) | compile (s) | peak memory (GB) | GFLOP | GFLOP/s '
+           '| share of peak: matmul (conv) | bound by |',
+           '|---|---|---|---|---|---|---|---|---|']
   for r in results:
     if 'error' in r:
-      lines.append(f'| {r["case"]} | | failed: {r["error"][:80]} | | |')
+      lines.append(f'| {r["case"]} | | failed: {r["error"][:80]} | | | | | | |')
       continue
     seconds = 'compile only' if r['seconds'] is None else f'{r["seconds"]:.2f}'
     memory = f'{r["peak_mb"] / 1024:.1f}' + (' (XLA temporaries)' if r['case']['kind'] == 'train_memory' else '')
     lines.append(f'| {_label(r)} | {r["batch"]} × {r["frames"]} × {r["size"]}² × {r["points"]} | '
-                 f'{seconds} | {r["compile_seconds"]:.1f} | {memory} |')
+                 f'{seconds} | {r["compile_seconds"]:.1f} | {memory} |' + flops.table_cells(r))
   return '\n'.join(lines) + '\n'
 
 
@@ -299,17 +349,18 @@ def main():
   parser.add_argument('--suite', default='default', choices=sorted(CASES))
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--out', default='benchmark.md')
+  parser.add_argument('--cases', help='comma-separated 0-based indices of the suite\'s cases to run (default: all)')
   parser.add_argument('--single', help=argparse.SUPPRESS)  # internal: run one case, print JSON
   args = parser.parse_args()
   if args.single:
     print('RESULT ' + json.dumps(run_case(json.loads(args.single), args.repeats)))
     return
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
   results = []
-  for case in CASES[args.suite]:
+  cases = CASES[args.suite]
+  for case in [cases[int(i)] for i in args.cases.split(',')] if args.cases else cases:
     proc = subprocess.run([sys.executable, __file__, '--single', json.dumps(case), '--repeats', str(args.repeats)],
-                          capture_output=True, text=True, env=env, cwd=repo)
+                          capture_output=True, text=True, env=env, cwd=REPO)
     line = next((l for l in proc.stdout.splitlines() if l.startswith('RESULT ')), None)
     result = json.loads(line[7:]) if line else dict(case=case, error=proc.stderr.strip().splitlines()[-1:])
     results.append(result)
