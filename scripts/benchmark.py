@@ -346,7 +346,8 @@ def to_markdown(results, machine: str) -> str:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--suite', default='default', choices=sorted(CASES))
+  parser.add_argument('--suite', default='default', choices=sorted(CASES) + ['online'],
+                      help='online: the live-session cases, interleaved in one process (scripts/bench_online.py)')
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--out', default='benchmark.md')
   parser.add_argument('--cases', help='comma-separated 0-based indices of the suite\'s cases to run (default: all)')
@@ -356,6 +357,10 @@ def main():
     print('RESULT ' + json.dumps(run_case(json.loads(args.single), args.repeats)))
     return
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  if args.suite == 'online':
+    subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'bench_online.py'), '--repeats',
+                    str(args.repeats), '--out', args.out], env=env, cwd=REPO, check=True)
+    return
   results = []
   cases = CASES[args.suite]
   for case in [cases[int(i)] for i in args.cases.split(',')] if args.cases else cases:

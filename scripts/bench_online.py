@@ -1,0 +1,112 @@
+r"""The online step as a live session pays for it, beside the backbone alone on the same frame, timed interleaved.
+
+    python scripts/bench_online.py --repeats 20 --out online.md        # or through scripts/benchmark.py --suite online
+
+Cases (released causal architecture, `preset='causal_tapir'`, random weights: speed does not depend on them):
+one step of `tapir.OnlineTracker.step` through the public API (frame in as uint8, tracks out as NumPy: everything a
+live loop pays) at 256² with 8, 64 and 256 points and at 480² with 8 points, and the backbone's feature grids of
+one frame of each size (`TAPIR.get_feature_grids`, jitted, what the step must compute at least). The frames are
+already at the model input size (`resize_to=None`), so no host resize is timed. Every case is compiled and warmed
+up first (the trackers' slot buckets included), then the cases take turns, one call each per round, for
+`--repeats` rounds, so a noisy neighbour slows them alike; medians are reported, with each step's ratio to the
+backbone of its frame size.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+SETTINGS = ((256, 8), (256, 64), (256, 256), (480, 8))  # (frame size, points)
+
+
+def _median(xs):
+  xs = sorted(xs)
+  return xs[len(xs) // 2]
+
+
+def run(repeats: int = 10, settings=SETTINGS, preset: str = 'causal_tapir', overrides=None) -> list[dict]:
+  """Times the cases of the module docstring; returns one row per case (backbones first, per frame size)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import haiku as hk
+  import numpy as np
+  import tapir
+  from tapir.tracking import tracker as tracker_lib
+
+  if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    raise ValueError(f'repeats must be an integer >= 1; got {repeats!r}')
+  kwargs = tapir.checkpoint.preset_kwargs(preset, **(overrides or {}))
+  params, state = tracker_lib.init_params(kwargs)
+  rng = np.random.default_rng(0)
+  backbone = jax.jit(hk.transform_with_state(
+      lambda frame: tapir.TAPIR(**kwargs).get_feature_grids(frame, is_training=False)).apply)
+  calls = {}  # label -> (size, points, call)
+  for size in sorted({s for s, _ in settings}):
+    frame = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    model_frame = jax.device_put(tapir.conventions.frames_to_model_input(frame)[None, None])
+    calls[f'backbone, one frame of {size}²'] = (size, 0, lambda f=model_frame: backbone(params, state, None, f)[0])
+  for size, points in settings:
+    tracker = tapir.OnlineTracker(params, state, kwargs, resize_to=None)
+    frames = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+    yx = np.stack([rng.uniform(0, size, points), rng.uniform(0, size, points)], -1).astype(np.float32)
+    tracker.start(frames[0], yx)
+    calls[f'online step, {points} points at {size}²'] = (size, points, lambda t=tracker, f=frames[1]: t.step(f))
+  for _, _, call in calls.values():  # compile and warm up
+    for _ in range(2):
+      jax.block_until_ready(call())
+  times = {label: [] for label in calls}
+  for _ in range(repeats):
+    for label, (_, _, call) in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      times[label].append(time.perf_counter() - start)
+  medians = {label: _median(ts) for label, ts in times.items()}
+  rows = []
+  for label, (size, points, _) in calls.items():
+    base = medians[f'backbone, one frame of {size}²']
+    rows.append(dict(case=label, size=size, points=points, ms=1000 * medians[label], fps=1 / medians[label],
+                     ratio_to_backbone=medians[label] / base, repeats=repeats))
+  return rows
+
+
+def to_markdown(rows, machine: str) -> str:
+  lines = [f'Machine: {machine}; medians of {rows[0]["repeats"]} interleaved rounds.', '',
+           '| case | ms per frame | frames/s | × the backbone of the same frame |', '|---|---|---|---|']
+  for r in rows:
+    lines.append(f'| {r["case"]} | {r["ms"]:.0f} | {r["fps"]:.1f} | {r["ratio_to_backbone"]:.2f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument('--out', help='markdown table to write')
+  parser.add_argument('--json', help='rows as JSON')
+  parser.add_argument('--model_overrides', default='{}', help='JSON settings on top of the preset (tests: tiny)')
+  parser.add_argument('--sizes_points', default=None, help='e.g. "64:8,64:32" (default: 256:8,256:64,256:256,480:8)')
+  args = parser.parse_args()
+  settings = SETTINGS
+  if args.sizes_points:
+    try:
+      settings = tuple(tuple(int(v) for v in item.split(':')) for item in args.sizes_points.split(','))
+    except ValueError:
+      parser.error(f'--sizes_points must be "size:points,..."; got {args.sizes_points!r}')
+  try:
+    rows = run(args.repeats, settings, overrides=json.loads(args.model_overrides))
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from scripts import benchmark  # pylint: disable=g-import-not-at-top
+  table = to_markdown(rows, benchmark.describe_machine())
+  if args.out:
+    with open(args.out, 'w') as f:
+      f.write(table)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(rows, f, indent=1)
+  print(table)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,24 @@
+"""scripts/bench_online.py on a tiny causal model: every case runs through the public API and is reported."""
+
+import pytest
+
+from scripts import bench_online
+
+TINY = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=1, mixer_hidden_dim=32, initial_resolution=(32, 32),
+            pyramid_level=0)
+
+
+def test_cases_are_timed_and_compared_with_the_backbone_of_their_frame_size():
+  rows = bench_online.run(repeats=2, settings=((32, 2), (32, 9), (48, 2)), overrides=TINY)
+  assert [r['case'] for r in rows] == ['backbone, one frame of 32²', 'backbone, one frame of 48²',
+                                       'online step, 2 points at 32²', 'online step, 9 points at 32²',
+                                       'online step, 2 points at 48²']
+  assert all(r['ms'] > 0 and r['fps'] == pytest.approx(1000 / r['ms']) for r in rows)
+  assert [r['ratio_to_backbone'] for r in rows[:2]] == [1.0, 1.0]
+  table = bench_online.to_markdown(rows, 'test machine')
+  assert '| online step, 9 points at 32² |' in table and 'medians of 2 interleaved rounds' in table
+
+
+def test_bad_repeats_are_refused():
+  with pytest.raises(ValueError, match='repeats'):
+    bench_online.run(repeats=0, settings=((32, 2),), overrides=TINY)
