@@ -355,7 +355,11 @@ def main(argv: list[str]) -> int:
   if path:
     with open(path, 'w') as f:
       json.dump(dict(result=dataclasses.asdict(result), machine=machine), f, indent=1)
-  problems = failures(result)
+  return exit_status(failures(result))
+
+
+def exit_status(problems: list[str]) -> int:
+  """Prints each failed check; 1 if any failed, else 0 (the soak scripts' exit status)."""
   for problem in problems:
     print(f'soak FAILED: {problem}', file=sys.stderr)
   return 1 if problems else 0

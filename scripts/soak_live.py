@@ -27,7 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as `python scripts/soak_live.py`
   sys.path.insert(0, REPO)
 
-from scripts.soak import CompileCounter, machine_info, moving_frames, rss_mb  # pylint: disable=wrong-import-position
+# pylint: disable-next=wrong-import-position
+from scripts.soak import CompileCounter, exit_status, machine_info, moving_frames, rss_mb
 import tapir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tapir.tracking import live  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -129,10 +130,7 @@ def main(argv: list[str]) -> int:
   if out:
     with open(out, 'w') as f:
       json.dump(result, f, indent=1)
-  problems = failures(result)
-  for problem in problems:
-    print(f'soak FAILED: {problem}', file=sys.stderr)
-  return 1 if problems else 0
+  return exit_status(failures(result))
 
 
 if __name__ == '__main__':
