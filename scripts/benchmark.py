@@ -5,6 +5,12 @@ r"""Speed and memory benchmark: offline forward, online step, training step. Wri
     python scripts/benchmark.py --suite tiny --repeats 1         # tiny models: checks the accounting, seconds
     python scripts/benchmark.py --cases 0,7,11,13                # some of the suite's cases (0-based indices)
 
+The suites are in `scripts/bench_cases.py`; `--suite accelerator` holds the cases that matter on a GPU or TPU
+(offline at 256² and 512² with 256 / 1024 points, gather against dense patches, the online step with 8 / 256
+points, the paper recipe's train step at its per-device batch of 8, the gradient), and `--dry` runs any suite at
+tiny sizes, to check it before a device is at hand (tests/test_bench_cases.py). The table's machine line names
+the accelerator when there is one.
+
 Each case runs in its own process, so "peak memory" is that process's peak resident set size (model, inputs,
 XLA buffers and compilation included). Times are the median of `--repeats` runs after one warm-up (compile) run;
 the compile time is reported separately. Random weights: speed does not depend on the values.
@@ -50,53 +56,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run as `python scripts/benchmark.py`
   sys.path.insert(0, REPO)
 
-CASES = {
-    'default': [
-        # kind, frames, size, points, extra
-        dict(kind='offline', frames=24, size=256, points=256),  # the reference comparison point
-        dict(kind='offline', frames=24, size=256, points=256, dense=True),
-        dict(kind='offline', frames=24, size=256, points=64),
-        dict(kind='offline', frames=48, size=256, points=256),
-        dict(kind='offline', frames=24, size=256, points=1024),
-        dict(kind='offline', frames=24, size=512, points=256),
-        dict(kind='offline', frames=96, size=256, points=256, feature_chunk=16),
-        dict(kind='online', frames=16, size=256, points=256),
-        dict(kind='train', frames=24, size=256, points=256, batch=1),
-        dict(kind='train_memory', frames=24, size=256, points=256, remat=False),
-        dict(kind='train_memory', frames=24, size=256, points=256, remat=True),
-        dict(kind='gradient', frames=4, size=256, points=256),
-        dict(kind='gradient', frames=4, size=256, points=256, dense=False),
-        dict(kind='train_cpu_preset'),
-        dict(kind='train_cpu_preset', dense=False),
-        dict(kind='train_cpu_preset', data=True),
-        dict(kind='render_cpu_batch', scenes='photographic'),
-        dict(kind='render_cpu_batch', scenes='procedural'),
-        dict(kind='selfsup_cpu_preset'),
-        dict(kind='teacher_cpu_preset'),
-        dict(kind='inference_cpu_preset'),
-    ],
-    'tiny': [  # the accounting on tiny models (tests/test_flops.py): small shapes, small peak benchmarks
-        dict(kind='offline', frames=2, size=32, points=16, chunk=8, model='tiny', peaks='tiny'),
-        dict(kind='online', frames=2, size=32, points=8, model='tiny', peaks='tiny'),
-        dict(kind='gradient', frames=2, size=32, points=8, chunk=8, model='tiny', peaks='tiny'),
-    ],
-    'quick': [
-        dict(kind='offline', frames=8, size=128, points=64),
-        dict(kind='online', frames=8, size=128, points=64),
-        dict(kind='train_cpu_preset'),
-        dict(kind='train_cpu_preset', data=True),
-        dict(kind='render_cpu_batch', scenes='photographic'),
-        dict(kind='render_cpu_batch', scenes='procedural'),
-        dict(kind='selfsup_cpu_preset'),
-        dict(kind='teacher_cpu_preset'),
-        dict(kind='inference_cpu_preset'),
-    ],
-}
-
-
-TINY_MODEL = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=1, mixer_hidden_dim=32, initial_resolution=(32, 32),
-                  pyramid_level=0)
-TINY_PEAKS = dict(matmul=256, conv_shape=(1, 32, 32, 16), copy_mb=4, repeats=3)
+from scripts.bench_cases import CASES, TINY_MODEL, TINY_PEAKS, dry_run  # pylint: disable=wrong-import-position
 
 
 def _median(xs):
@@ -293,7 +253,9 @@ def describe_machine() -> str:
       cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
   except (OSError, StopIteration):
     pass
-  return (f'{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}, '
+  device = jax.devices()[0]
+  accelerator = '' if device.platform == 'cpu' else f', {jax.device_count()} × {device.device_kind}'
+  return (f'{cpu}, {os.cpu_count()} cores{accelerator}, jax {jax.__version__} on {jax.default_backend()}, '
           f'python {platform.python_version()}')
 
 
@@ -351,6 +313,8 @@ def main():
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--out', default='benchmark.md')
   parser.add_argument('--cases', help='comma-separated 0-based indices of the suite\'s cases to run (default: all)')
+  parser.add_argument('--dry', action='store_true', help='every case at tiny sizes (checks the suite runs; the '
+                      'numbers mean nothing)')
   parser.add_argument('--single', help=argparse.SUPPRESS)  # internal: run one case, print JSON
   args = parser.parse_args()
   if args.single:
@@ -363,7 +327,8 @@ def main():
     return
   results = []
   cases = CASES[args.suite]
-  for case in [cases[int(i)] for i in args.cases.split(',')] if args.cases else cases:
+  cases = [cases[int(i)] for i in args.cases.split(',')] if args.cases else cases
+  for case in [dry_run(c) for c in cases] if args.dry else cases:
     proc = subprocess.run([sys.executable, __file__, '--single', json.dumps(case), '--repeats', str(args.repeats)],
                           capture_output=True, text=True, env=env, cwd=REPO)
     line = next((l for l in proc.stdout.splitlines() if l.startswith('RESULT ')), None)
