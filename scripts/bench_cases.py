@@ -6,6 +6,15 @@ frames), `points`, optionally `batch`, `chunk`, `dense` (the patch formulation),
 `model='tiny'` (`TINY_MODEL`) and `peaks='tiny'` (`TINY_PEAKS`: small peak micro-benchmarks).
 """
 
+# Rendering a `cpu` batch of built-in scenes, and the self-supervised cases: in the default and the quick suite.
+_DATA_AND_SELFSUP = (
+    dict(kind='render_cpu_batch', scenes='photographic'),
+    dict(kind='render_cpu_batch', scenes='procedural'),
+    dict(kind='selfsup_cpu_preset'),
+    dict(kind='teacher_cpu_preset'),
+    dict(kind='inference_cpu_preset'),
+)
+
 CASES = {
     'default': [
         # kind, frames, size, points, extra
@@ -25,19 +34,12 @@ CASES = {
         dict(kind='train_cpu_preset'),
         dict(kind='train_cpu_preset', dense=False),
         dict(kind='train_cpu_preset', data=True),
-        dict(kind='render_cpu_batch', scenes='photographic'),
-        dict(kind='render_cpu_batch', scenes='procedural'),
-        dict(kind='selfsup_cpu_preset'),
-        dict(kind='teacher_cpu_preset'),
-        dict(kind='inference_cpu_preset'),
+        *_DATA_AND_SELFSUP,
     ],
     'accelerator': [  # the cases that matter on a GPU or TPU (run where one is at hand; `--dry` checks it anywhere)
-        dict(kind='offline', frames=24, size=256, points=256),
-        dict(kind='offline', frames=24, size=256, points=256, dense=True),
-        dict(kind='offline', frames=24, size=256, points=1024),
-        dict(kind='offline', frames=24, size=512, points=256),
-        dict(kind='offline', frames=24, size=512, points=256, dense=True),
-        dict(kind='offline', frames=24, size=512, points=1024),
+        # offline at 256² and 512²: 256 points with the gather and with dense patches, and 1024 points
+        *(dict(kind='offline', frames=24, size=size, points=points, **extra) for size in (256, 512)
+          for points, extra in ((256, {}), (256, dict(dense=True)), (1024, {}))),
         dict(kind='online', frames=16, size=256, points=8),
         dict(kind='online', frames=16, size=256, points=256),
         dict(kind='train', frames=24, size=256, points=256, batch=8),  # the paper recipe's per-device batch
@@ -54,11 +56,7 @@ CASES = {
         dict(kind='online', frames=8, size=128, points=64),
         dict(kind='train_cpu_preset'),
         dict(kind='train_cpu_preset', data=True),
-        dict(kind='render_cpu_batch', scenes='photographic'),
-        dict(kind='render_cpu_batch', scenes='procedural'),
-        dict(kind='selfsup_cpu_preset'),
-        dict(kind='teacher_cpu_preset'),
-        dict(kind='inference_cpu_preset'),
+        *_DATA_AND_SELFSUP,
     ],
 }
 
