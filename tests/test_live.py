@@ -3,7 +3,7 @@ mid-stream are painted, sources that cannot be opened or that stop end cleanly; 
 
 The loop's own tests use a stand-in tracker (points stay where they were added), so what is painted where is exact;
 the runner test runs the real `OnlineTracker` with tiny random weights. The windowed test needs OpenCV with a GUI and
-Xvfb; it is skipped, with the reason, where either is missing.
+Xvfb and xdotool (real X input); it is skipped, with the reason, where one is missing.
 """
 
 import collections
@@ -294,10 +294,12 @@ def virtual_display():
   import cv2  # pylint: disable=g-import-not-at-top
   if not _has_gui(cv2):
     pytest.skip('this OpenCV has no GUI (opencv-python-headless): the windowed mode needs opencv-python')
-  if shutil.which('Xvfb') is None:
-    pytest.skip('no Xvfb on this machine: the windowed mode needs a (virtual) X display')
+  for tool in ('Xvfb', 'xdotool'):
+    if shutil.which(tool) is None:
+      pytest.skip(f'no {tool} on this machine: the windowed test needs a virtual X display (Debian: xvfb) and '
+                  'injected input (Debian: xdotool)')
   display = f':{90 + os.getpid() % 100}'
-  server = subprocess.Popen(['Xvfb', display, '-screen', '0', '320x240x24'], stderr=subprocess.DEVNULL)
+  server = subprocess.Popen(['Xvfb', display, '-screen', '0', '640x480x24'], stderr=subprocess.DEVNULL)
   before = os.environ.get('DISPLAY')
   os.environ['DISPLAY'] = display
   time.sleep(1.0)  # the server takes a moment to accept clients
@@ -310,15 +312,39 @@ def virtual_display():
     os.environ['DISPLAY'] = before
 
 
-def test_windowed_mode_adds_a_clicked_point(virtual_display):
-  cv2 = virtual_display
-  window = live.Window('tapir live test')
+def _xdotool(*args):
+  return subprocess.run(['xdotool', *args], capture_output=True, text=True, timeout=10, check=True).stdout
 
-  def click(t):  # from the reader thread, as OpenCV calls back from its own
+
+def test_windowed_mode_takes_real_clicks_and_keys(virtual_display):
+  """X input injected into the OpenCV window: a left click adds a point at the clicked pixel, a right click
+  clears, `c` clears, `q` quits; the frames shown are the painted ones."""
+  del virtual_display
+  title = 'tapir live test'
+  window = live.Window(title)
+  shown = []
+  window_show = window.show
+  window.show = lambda frame=None: (shown.append(frame is not None), window_show(frame))[1]
+  tracker, clears = _StillTracker(), []
+  tracker_clear = tracker.clear
+  tracker.clear = lambda: (clears.append(len(tracker.points)), tracker_clear())[1]
+
+  def inject(t):  # from the reader thread, while the loop shows frames (drop=False: one frame each)
+    time.sleep(0.02)  # let the loop show and handle events between frames
     if t == 5:
-      window.on_mouse(cv2.EVENT_LBUTTONDOWN, 12, 8)  # x, y: as OpenCV reports clicks
+      win = _xdotool('search', '--sync', '--onlyvisible', '--name', title).split()[0]
+      _xdotool('mousemove', '--window', win, '12', '8', 'click', '1')  # x, y in the window's pixels
+    elif t == 25:
+      _xdotool('click', '3')
+    elif t == 45:
+      _xdotool('mousemove', '--window', _xdotool('search', '--name', title).split()[0], '30', '20', 'click', '1')
+    elif t == 65:
+      _xdotool('key', 'c')
+    elif t == 85:
+      _xdotool('key', 'q')
 
-  tracker = _StillTracker()
-  stats = live.run_live(tracker, _grey_source(12, between=click), window=window, drop=False)
-  assert stats.frames_processed == 12 and stats.points_added == 1
-  assert tracker.added == [(8.5, 12.5)]  # the clicked pixel's centre, (y, x)
+  stats = live.run_live(tracker, _grey_source(400, hw=(120, 160), between=inject), window=window, drop=False)
+  assert stats.end == 'quit' and 85 < stats.frames_processed < 400
+  assert tracker.added == [(8.5, 12.5), (20.5, 30.5)]  # the clicked pixels' centres, (y, x)
+  assert stats.points_added == 2 and clears == [1, 1]
+  assert sum(shown) == stats.frames_processed

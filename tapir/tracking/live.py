@@ -247,7 +247,8 @@ class Window:
     self.title, self.shown = title, False  # shown: a frame was shown (before, some backends report it closed)
     self.pending: collections.deque[Event] = collections.deque(maxlen=256)  # bounded: clicks beyond are lost
     try:
-      self.cv2.namedWindow(title, self.cv2.WINDOW_AUTOSIZE)
+      # GUI_NORMAL: no toolbar and, with Qt, no context menu on a right click (it would block the loop)
+      self.cv2.namedWindow(title, self.cv2.WINDOW_AUTOSIZE | self.cv2.WINDOW_GUI_NORMAL)
     except self.cv2.error as e:  # no display, or a build without GUI (opencv-python-headless)
       raise ValueError(f'cannot open a window (use --headless without a display): {e}') from e
     self.cv2.setMouseCallback(title, self.on_mouse)
