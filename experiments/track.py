@@ -54,6 +54,8 @@ _CHUNK = flags.DEFINE_integer('query_chunk_size', 64, 'queries per model call (o
 _TRAIL = flags.DEFINE_integer('trail', 8, 'frames of fading trail behind each point')
 _STYLE = flags.DEFINE_enum('style', 'trails', list(cli.STYLES), 'trails: fading trails in the image; rainbow: '
                            'camera-compensated trails (background motion removed; offline only)')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+                            'compute precision of the convolutions and dense layers (bfloat16: for GPU / TPU)')
 _RANDOM = flags.DEFINE_bool('random_weights', False, 'run untrained weights when no --checkpoint (testing only)')
 _OVERRIDES = flags.DEFINE_string('model_overrides', None,
                                  'JSON object of TAPIR arguments on top of the preset, e.g. {"num_mixer_blocks": 1}')
@@ -78,7 +80,7 @@ def main(argv):
         _VIDEO.value, _OUT.value, _CHECKPOINT.value, _PRESET.value, grid=_GRID.value, points=_POINTS.value,
         mask=_MASK.value, mask_frame=_MASK_FRAME.value, online=_ONLINE.value, resize=_RESIZE.value,
         save_path=_SAVE.value, query_chunk_size=_CHUNK.value, random_weights=_RANDOM.value,
-        model_overrides=_OVERRIDES.value, trail=_TRAIL.value, style=_STYLE.value)
+        model_overrides=_OVERRIDES.value, trail=_TRAIL.value, style=_STYLE.value, dtype=_DTYPE.value)
   except (ValueError, FileNotFoundError) as e:  # bad inputs: name the problem without a traceback
     sys.exit(f'error: {e}')
 
@@ -97,7 +99,7 @@ def _track_corpus():
         shard=None if _SHARD.value is None else corpus.parse_shard(_SHARD.value), grid=_GRID.value,
         points=_POINTS.value, mask=_MASK.value, mask_frame=_MASK_FRAME.value, online=_ONLINE.value,
         resize=_RESIZE.value, query_chunk_size=_CHUNK.value, random_weights=_RANDOM.value,
-        model_overrides=_OVERRIDES.value)
+        model_overrides=_OVERRIDES.value, dtype=_DTYPE.value)
   except (ValueError, FileNotFoundError) as e:  # bad inputs, before any video: name the problem
     sys.exit(f'error: {e}')
   print(summary.report())

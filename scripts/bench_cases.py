@@ -3,7 +3,7 @@
 Each case is a dict: `kind` (offline, online, train, train_memory, gradient, train_cpu_preset, render_cpu_batch,
 selfsup_cpu_preset, teacher_cpu_preset, inference_cpu_preset), and for the model cases `frames`, `size` (square
 frames), `points`, optionally `batch`, `chunk`, `dense` (the patch formulation), `remat`, `feature_chunk`, `data`,
-`model='tiny'` (`TINY_MODEL`) and `peaks='tiny'` (`TINY_PEAKS`: small peak micro-benchmarks).
+`dtype` (compute precision, offline and online), `model='tiny'` (`TINY_MODEL`) and `peaks='tiny'` (`TINY_PEAKS`: small peak micro-benchmarks).
 """
 
 # Rendering a `cpu` batch of built-in scenes, and the self-supervised cases: in the default and the quick suite.
@@ -42,6 +42,9 @@ CASES = {
           for points, extra in ((256, {}), (256, dict(dense=True)), (1024, {}))),
         dict(kind='online', frames=16, size=256, points=8),
         dict(kind='online', frames=16, size=256, points=256),
+        # bfloat16 compute (tapir.models.precision) beside float32
+        dict(kind='offline', frames=24, size=256, points=256, dtype='bfloat16'),
+        dict(kind='online', frames=16, size=256, points=8, dtype='bfloat16'),
         dict(kind='train', frames=24, size=256, points=256, batch=8),  # the paper recipe's per-device batch
         dict(kind='gradient', frames=4, size=256, points=256),
         dict(kind='gradient', frames=4, size=256, points=256, dense=False),

@@ -10,6 +10,12 @@ already at the model input size (`resize_to=None`), so no host resize is timed. 
 up first (the trackers' slot buckets included), then the cases take turns, one call each per round, for
 `--repeats` rounds, so a noisy neighbour slows them alike; medians are reported, with each step's ratio to the
 backbone of its frame size.
+
+With few points the refinement is bound by memory traffic, not arithmetic: each of its `num_pips_iter`
+iterations runs every mixer block, so the step reads all the mixer's weights (103.5 MB in float32 for the
+released architecture, more than a CPU's last-level cache) once per iteration whatever the number of points. The
+last row times just that, interleaved with the rest: a jitted sum over the mixer's weights, `num_pips_iter` times
+(`weights_floor`; an optimisation barrier keeps the reads apart); backbone + that read is the least an f32 step can cost on this machine.
 """
 
 import argparse
@@ -41,6 +47,16 @@ def run(repeats: int = 10, settings=SETTINGS, preset: str = 'causal_tapir', over
   rng = np.random.default_rng(0)
   backbone = jax.jit(hk.transform_with_state(
       lambda frame: tapir.TAPIR(**kwargs).get_feature_grids(frame, is_training=False)).apply)
+  mixer = [leaf for name, leaves in params.items() if 'pips_mlp_mixer' in name for leaf in leaves.values()]
+  iterations = kwargs.get('num_pips_iter', 4)
+
+  @jax.jit
+  def read(leaves):  # the barrier keeps XLA from merging the identical reads into one
+    total = 0.0
+    for _ in range(iterations):
+      leaves, total = jax.lax.optimization_barrier((leaves, total))
+      total = total + sum(jax.numpy.sum(leaf) for leaf in leaves)
+    return total
   calls = {}  # label -> (size, points, call)
   for size in sorted({s for s, _ in settings}):
     frame = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -52,6 +68,9 @@ def run(repeats: int = 10, settings=SETTINGS, preset: str = 'causal_tapir', over
     yx = np.stack([rng.uniform(0, size, points), rng.uniform(0, size, points)], -1).astype(np.float32)
     tracker.start(frames[0], yx)
     calls[f'online step, {points} points at {size}²'] = (size, points, lambda t=tracker, f=frames[1]: t.step(f))
+  mixer_mb = sum(leaf.size * leaf.dtype.itemsize for leaf in mixer) / 1e6
+  floor_label = f'mixer weights read {iterations}× ({mixer_mb:.1f} MB each time)'
+  calls[floor_label] = (0, 0, lambda: read(mixer))
   for _, _, call in calls.values():  # compile and warm up
     for _ in range(2):
       jax.block_until_ready(call())
@@ -64,9 +83,16 @@ def run(repeats: int = 10, settings=SETTINGS, preset: str = 'causal_tapir', over
   medians = {label: _median(ts) for label, ts in times.items()}
   rows = []
   for label, (size, points, _) in calls.items():
+    if label == floor_label:
+      continue
     base = medians[f'backbone, one frame of {size}²']
     rows.append(dict(case=label, size=size, points=points, ms=1000 * medians[label], fps=1 / medians[label],
                      ratio_to_backbone=medians[label] / base, repeats=repeats))
+  for size in sorted({s for s, _ in settings}):  # the floor, against the smallest frame's backbone
+    floor = medians[f'backbone, one frame of {size}²'] + medians[floor_label]
+    rows.append(dict(case=f'backbone of {size}² + {floor_label}', size=size, points=0, ms=1000 * floor,
+                     fps=1 / floor, ratio_to_backbone=floor / medians[f'backbone, one frame of {size}²'],
+                     repeats=repeats, weights_floor=True, weights_read_ms=1000 * medians[floor_label]))
   return rows
 
 

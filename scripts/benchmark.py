@@ -73,6 +73,7 @@ def run_case(case: dict, repeats: int) -> dict:
 
   import tapir
   from configs import tapir as tapir_configs  # the settings the trainer uses
+  from tapir.models import precision
   from tapir.tracking import tracker as tracker_lib
   from tapir.training import state as training
   from scripts import flops  # pylint: disable=g-import-not-at-top
@@ -132,12 +133,16 @@ def run_case(case: dict, repeats: int) -> dict:
     run, counted = _selfsup_case(kind, config, kwargs, chunk, video, queries)
   elif kind == 'offline':
     params, state = tracker_lib.init_params(kwargs)
-    apply = jax.jit(hk.transform_with_state(
-        lambda v, q: tapir.TAPIR(**kwargs)(v, False, q, query_chunk_size=chunk)).apply)
+    def forward(v, q):
+      with precision.compute_dtype(case.get('dtype', 'float32')):
+        return tapir.TAPIR(**kwargs)(v, False, q, query_chunk_size=chunk)
+
+    apply = jax.jit(hk.transform_with_state(forward).apply)
     run = lambda: apply(params, state, None, video, queries)[0]
     counted = apply, (params, state, None, video, queries)
   elif kind == 'online':
-    tracker = tapir.OnlineTracker(*tracker_lib.init_params(kwargs), kwargs, resize_to=None)
+    tracker = tapir.OnlineTracker(*tracker_lib.init_params(kwargs), kwargs, resize_to=None,
+                                  dtype=case.get('dtype', 'float32'))
     frames_u8 = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
     tracker.start(frames_u8[0], np.asarray(queries[0, :, 1:]))
     run = lambda: tracker.step(frames_u8[1])
@@ -285,6 +290,8 @@ def _case_label(c) -> str:
     extra.append('dense patches')
   if c.get('feature_chunk'):
     extra.append(f'feature chunks of {c["feature_chunk"]}')
+  if c.get('dtype', 'float32') != 'float32':
+    extra.append(f'{c["dtype"]} compute')
   what = {'offline': 'offline forward', 'online': 'online step (1 frame)', 'train': 'train step'}[kind]
   return what + (f' ({", ".join(extra)})' if extra else '')
 

@@ -2,7 +2,9 @@
 
 import pytest
 
+import tapir
 from scripts import bench_online
+from tapir.tracking import tracker as tracker_lib
 
 TINY = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=1, mixer_hidden_dim=32, initial_resolution=(32, 32),
             pyramid_level=0)
@@ -10,11 +12,20 @@ TINY = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=1, mixer_hidden_dim=
 
 def test_cases_are_timed_and_compared_with_the_backbone_of_their_frame_size():
   rows = bench_online.run(repeats=2, settings=((32, 2), (32, 9), (48, 2)), overrides=TINY)
+  params, _ = tracker_lib.init_params(tapir.checkpoint.preset_kwargs('causal_tapir', **TINY))
+  mixer_mb = sum(leaf.nbytes for name, leaves in params.items() if 'pips_mlp_mixer' in name
+                 for leaf in leaves.values()) / 1e6
+  read = f'mixer weights read 4× ({mixer_mb:.1f} MB each time)'
   assert [r['case'] for r in rows] == ['backbone, one frame of 32²', 'backbone, one frame of 48²',
                                        'online step, 2 points at 32²', 'online step, 9 points at 32²',
-                                       'online step, 2 points at 48²']
+                                       'online step, 2 points at 48²', f'backbone of 32² + {read}',
+                                       f'backbone of 48² + {read}']
   assert all(r['ms'] > 0 and r['fps'] == pytest.approx(1000 / r['ms']) for r in rows)
   assert [r['ratio_to_backbone'] for r in rows[:2]] == [1.0, 1.0]
+  for floor, backbone in zip(rows[-2:], rows[:2]):  # the floor: the backbone plus the weights' read
+    assert floor['weights_floor'] and floor['weights_read_ms'] > 0
+    assert floor['ms'] == pytest.approx(backbone['ms'] + floor['weights_read_ms'])
+    assert floor['ratio_to_backbone'] == pytest.approx(floor['ms'] / backbone['ms'])
   table = bench_online.to_markdown(rows, 'test machine')
   assert '| online step, 9 points at 32² |' in table and 'medians of 2 interleaved rounds' in table
 

@@ -23,6 +23,7 @@ import tqdm
 from tapir import checkpoint_io
 from tapir import conventions
 from tapir import video as video_io
+from tapir.models import precision
 from tapir.tracking import core
 from tapir.tracking import loader
 from tapir.tracking import online as online_lib
@@ -121,7 +122,7 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
                grid: int | None = None, points: str | None = None, mask: str | None = None,
                mask_frame: int = 0, online: bool = False, resize: int | None = None, save_path: str | None = None,
                query_chunk_size: int = 64, random_weights: bool = False, model_overrides: str | None = None,
-               trail: int = 8, progress: bool = True, style: str = 'trails') -> TrackResult:
+               trail: int = 8, progress: bool = True, style: str = 'trails', dtype: str = 'float32') -> TrackResult:
   """Reads `video_path`, tracks the queries, writes the painted video to `out_path` (at the input's size and
   frame rate) and, with `save_path`, the tracks to an `.npz`. `resize` is the square model input size, 0 for
   the video's own size, None for the model's own resolution (256 for the released models). Arguments
@@ -132,6 +133,7 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
   Video frames are streamed (module docstring): `online` holds O(1) frames; offline holds the video at the
   model's input size. Only the tracks, [n, t] per point, grow with the video's length.
   """
+  precision.check_compute_dtype(dtype)
   if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 0):
     raise ValueError(f'resize must be an integer >= 1, or 0 for the video\'s own size; got {resize!r}')
   queries_lib.check_positive_int(query_chunk_size, 'query_chunk_size')
@@ -147,7 +149,7 @@ def track_file(video_path: str, out_path: str | None, checkpoint: str | None = N
   model = loader.load_weights(checkpoint, preset, random_weights=random_weights,
                               **parse_model_overrides(model_overrides))
   resize_to = core.MODEL_RESOLUTION if resize is None else (resize, resize) if resize else None
-  tracker = loader.make_tracker(model, online, resize_to, query_chunk_size)
+  tracker = loader.make_tracker(model, online, resize_to, query_chunk_size, dtype)
   if online:
     resize_to = tracker.resize_to
   elif resize is None:

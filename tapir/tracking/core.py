@@ -23,6 +23,7 @@ import tqdm
 
 from tapir import checkpoint as checkpoint_lib
 from tapir import conventions
+from tapir.models import precision
 from tapir.models import shapes
 from tapir.tracking.queries import check_positive_int
 from tapir.video import check_video, resize_video
@@ -78,8 +79,9 @@ class ChunkedTracker(abc.ABC):
   has_expected_dist = True  # whether the model has the expected-distance head
 
   def __init__(self, params, state, model_kwargs: Mapping[str, Any], query_chunk_size: int,
-               resolution_hw: Sequence[int]):
+               resolution_hw: Sequence[int], dtype: Any = 'float32'):
     self.query_chunk_size = check_positive_int(query_chunk_size, 'query_chunk_size')
+    self.dtype = precision.check_compute_dtype(dtype)  # of the convolutions and dense layers (`tapir.models.precision`)
     self.resolution = check_hw(resolution_hw, 'resolution')  # the input size videos go to by default
     self.model_kwargs = dict(model_kwargs)
     self.set_weights(params, state)
@@ -90,7 +92,8 @@ class ChunkedTracker(abc.ABC):
   @abc.abstractmethod
   def _build(self, model_kwargs: Mapping[str, Any]) -> tuple[Callable, Callable]:
     """(features(params, state, rng, frames) -> (grids, state), chunk(params, state, rng, frames, grids,
-    queries [1, c, 3]) -> ((tracks [1, c, t, 2], occlusion [1, c, t], expected_dist [1, c, t] | None), state))."""
+    queries [1, c, 3]) -> ((tracks [1, c, t, 2], occlusion [1, c, t], expected_dist [1, c, t] | None), state)),
+    computing in `self.dtype`."""
 
   @abc.abstractmethod
   def _visible(self, occlusion: np.ndarray, expected_dist: np.ndarray | None) -> np.ndarray:

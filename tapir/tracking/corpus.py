@@ -37,6 +37,7 @@ import tqdm
 
 from tapir import checkpoint_io
 from tapir import video as video_io
+from tapir.models import precision
 from tapir.tracking import cli
 from tapir.tracking import core
 from tapir.tracking import loader
@@ -236,7 +237,7 @@ def track_corpus(pattern: str, save_dir: str, checkpoint: str | None = None, pre
                  shard: tuple[int, int] | None = None, grid: int | None = None, points: str | None = None,
                  mask: str | None = None, mask_frame: int = 0, online: bool = False, resize: int | None = None,
                  query_chunk_size: int = 64, random_weights: bool = False, model_overrides: str | None = None,
-                 progress: bool = True) -> CorpusSummary:
+                 progress: bool = True, dtype: str = 'float32') -> CorpusSummary:
   """Tracks this shard's videos of `pattern` into `save_dir` (module docstring), skipping those already done.
 
   Arguments mirror `cli.track_file` (the queries are made per video, in its pixels); `shard` (index, count)
@@ -247,13 +248,14 @@ def track_corpus(pattern: str, save_dir: str, checkpoint: str | None = None, pre
   if resize is not None and (isinstance(resize, bool) or not isinstance(resize, (int, np.integer)) or resize < 0):
     raise ValueError(f'resize must be an integer >= 1, or 0 for the video\'s own size; got {resize!r}')
   queries_lib.check_positive_int(query_chunk_size, 'query_chunk_size')
+  precision.check_compute_dtype(dtype)
   queries = _queries_setting(grid, points, mask, mask_frame)
   index, count = default_shard() if shard is None else check_shard(*shard)
   items = take_shard(list_corpus(pattern, save_dir), index, count)
   model = loader.load_weights(checkpoint, preset, random_weights=random_weights,
                               **cli.parse_model_overrides(model_overrides))
   resize_to = core.MODEL_RESOLUTION if resize is None else (resize, resize) if resize else None
-  tracker = loader.make_tracker(model, online, resize_to, query_chunk_size)
+  tracker = loader.make_tracker(model, online, resize_to, query_chunk_size, dtype)
   if online:  # as `cli.track_file` does, so a corpus file equals what `--video X --save` writes
     resize_to = tracker.resize_to
   elif resize is None:

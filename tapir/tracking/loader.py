@@ -88,11 +88,12 @@ def load_weights(checkpoint: str | None = None, preset: str | None = None, *, ra
 
 def make_tracker(model: LoadedModel, online: bool = False,
                  resize_to: Sequence[int] | str | None = core.MODEL_RESOLUTION,
-                 query_chunk_size: int | None = None) -> AnyTracker:
+                 query_chunk_size: int | None = None, dtype: str = 'float32') -> AnyTracker:
   """The tracker for loaded weights: offline, or with `online` the streaming one (causal TAPIR only).
 
   `resize_to` is the online tracker's frame size (the offline ones take it per call); `query_chunk_size` None
-  keeps the tracker's default. Raises ValueError when `online` is asked of a model that cannot stream, and with
+  keeps the tracker's default; `dtype` is the compute precision ('float32' or 'bfloat16', see
+  `tapir.models.precision`). Raises ValueError when `online` is asked of a model that cannot stream, and with
   the layout diagnosis (naming the preset's released file) when the weights do not fit the architecture.
   """
   trackers = TRACKERS[model.family]
@@ -103,8 +104,9 @@ def make_tracker(model: LoadedModel, online: bool = False,
   chunk = {} if query_chunk_size is None else dict(query_chunk_size=query_chunk_size)
   try:
     if online:
-      return trackers.online(model.params, model.state, model.model_kwargs, resize_to=resize_to, **chunk)
-    return trackers.offline(model.params, model.state, model.model_kwargs, **chunk)
+      return trackers.online(model.params, model.state, model.model_kwargs, resize_to=resize_to, dtype=dtype,
+                             **chunk)
+    return trackers.offline(model.params, model.state, model.model_kwargs, dtype=dtype, **chunk)
   except ValueError as e:
     if model.checkpoint is None or model.preset is None or not str(e).startswith('checkpoint does not fit'):
       raise
@@ -115,13 +117,13 @@ def make_tracker(model: LoadedModel, online: bool = False,
 
 def load_tracker(checkpoint: str | None = None, preset: str | None = None, online: bool = False, *,
                  resize_to: Sequence[int] | str | None = core.MODEL_RESOLUTION, query_chunk_size: int | None = None,
-                 random_weights: bool = False, seed: int = 0, **overrides) -> AnyTracker:
+                 random_weights: bool = False, seed: int = 0, dtype: str = 'float32', **overrides) -> AnyTracker:
   """`make_tracker(load_weights(...))`: a `tapir.Tracker`, `tapir.OnlineTracker` or `tapir.TAPNetTracker`.
 
   A checkpoint written by our trainer carries its family and architecture, which then replace the preset's.
   """
   model = load_weights(checkpoint, preset, random_weights=random_weights, seed=seed, **overrides)
-  return make_tracker(model, online, resize_to, query_chunk_size)
+  return make_tracker(model, online, resize_to, query_chunk_size, dtype)
 
 
 def describe(model: LoadedModel) -> Mapping[str, str]:

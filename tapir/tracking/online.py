@@ -41,6 +41,7 @@ from tapir.tracking import core
 from tapir.tracking import queries as queries_lib
 from tapir.tracking import tracker as tracker_lib
 from tapir.models import causal
+from tapir.models import precision
 from tapir.models import tapir as tapir_lib
 
 DEFAULT_MIN_SLOTS = 8  # smallest slot bucket: a few points cost what 8 cost (see `benchmark` in the README)
@@ -58,10 +59,11 @@ class OnlineTracker:
 
   def __init__(self, params, state, model_kwargs: Mapping[str, Any],
                resize_to: Sequence[int] | str | None = core.MODEL_RESOLUTION, query_chunk_size: int = 64,
-               capacity: int | None = None, min_slots: int = DEFAULT_MIN_SLOTS):
+               capacity: int | None = None, min_slots: int = DEFAULT_MIN_SLOTS, dtype: str = 'float32'):
     """`resize_to`: the (height, width) frames are resized to; 'model' (default) for the model's own
     `initial_resolution` (256x256 for the released models); None for the frames' own size. `capacity`: the most
-    points tracked at once (None: no limit); `min_slots`: the smallest slot bucket (module docstring)."""
+    points tracked at once (None: no limit); `min_slots`: the smallest slot bucket (module docstring); `dtype`:
+    the compute precision of the convolutions and dense layers (`tapir.models.precision`)."""
     self.model_kwargs = dict(model_kwargs)
     query_chunk_size = queries_lib.check_positive_int(query_chunk_size, 'query_chunk_size')
     self.min_slots = queries_lib.check_positive_int(min_slots, 'min_slots')
@@ -71,7 +73,8 @@ class OnlineTracker:
       raise ValueError('online tracking needs a causal model (use_causal_conv=True, e.g. preset="causal_tapir")')
     checkpoint_lib.check_params(params, self.model_kwargs)
     self.params, self.state = jax.device_put(params), jax.device_put(state)
-    query_features, step = model_functions(self.model_kwargs, query_chunk_size)
+    self.dtype = precision.check_compute_dtype(dtype)
+    query_features, step = model_functions(self.model_kwargs, query_chunk_size, self.dtype)
     self._query_features = jax.jit(query_features)
     self._step = jax.jit(step)
     self._write = jax.jit(_write_slots)
@@ -83,19 +86,23 @@ class OnlineTracker:
 
   @classmethod
   def from_checkpoint(cls, path: str, preset: str | None = None, resize_to=core.MODEL_RESOLUTION,
-                      capacity: int | None = None, min_slots: int = DEFAULT_MIN_SLOTS, **overrides):
+                      capacity: int | None = None, min_slots: int = DEFAULT_MIN_SLOTS, dtype: str = 'float32',
+                      **overrides):
     """Loads a checkpoint of either format; the architecture follows `checkpoint.resolve_model_kwargs` (a
     released causal checkpoint needs its preset: causality cannot be read off parameter shapes)."""
     contents = checkpoint_lib.read_checkpoint(path)
     kwargs = checkpoint_lib.resolve_model_kwargs(contents.model_kwargs, preset, contents.params, overrides,
                                                  family='tapir')
-    return cls(contents.params, contents.state, kwargs, resize_to, capacity=capacity, min_slots=min_slots)
+    return cls(contents.params, contents.state, kwargs, resize_to, capacity=capacity, min_slots=min_slots,
+               dtype=dtype)
 
   @classmethod
   def random_init(cls, preset: str = 'causal_tapir', seed: int = 0, resize_to=core.MODEL_RESOLUTION,
-                  capacity: int | None = None, min_slots: int = DEFAULT_MIN_SLOTS, **overrides):
+                  capacity: int | None = None, min_slots: int = DEFAULT_MIN_SLOTS, dtype: str = 'float32',
+                  **overrides):
     kwargs = checkpoint_lib.preset_kwargs(preset, **overrides)
-    return cls(*tracker_lib.init_params(kwargs, seed), kwargs, resize_to, capacity=capacity, min_slots=min_slots)
+    return cls(*tracker_lib.init_params(kwargs, seed), kwargs, resize_to, capacity=capacity, min_slots=min_slots,
+               dtype=dtype)
 
   # ------------------------------------------------------------------------------------------------------
   # Slots
@@ -203,7 +210,7 @@ class OnlineTracker:
   def start(self, frame: np.ndarray, query_points_yx: np.ndarray) -> None:
     """Starts a stream of frames the size of `frame` (uint8 [h, w, 3]), tracking `query_points_yx` [n, 2] (y, x)
     given in its pixels (n may be 0: add points later with `add_queries`). The points get indices 0..n-1."""
-    query_points_yx = _check_points(query_points_yx)
+    query_points_yx = queries_lib.check_points_yx(query_points_yx)
     self._frame_hw = None
     self._prepare(frame)  # validates the frame before anything is forgotten
     self._reset()
@@ -215,7 +222,7 @@ class OnlineTracker:
   def add_queries(self, frame: np.ndarray, query_points_yx: np.ndarray) -> np.ndarray:  # [n] int64
     """Adds points [n, 2] (y, x) starting at `frame` (call before `step(frame)`). Returns their indices: the
     lowest free ones, in order (empty for n = 0). Beyond `capacity` active points: ValueError, nothing added."""
-    query_points_yx = _check_points(query_points_yx)
+    query_points_yx = queries_lib.check_points_yx(query_points_yx)
     if self._frame_hw is None:
       self.start(frame, np.zeros([0, 2], np.float32))
     model_frame, hw = self._prepare(frame)
@@ -241,7 +248,7 @@ class OnlineTracker:
     `indices`: distinct indices of active points (`indices`), one per row of `query_points_yx` [n, 2] (y, x);
     the points keep their indices. n = 0 does nothing.
     """
-    query_points_yx = _check_points(query_points_yx)
+    query_points_yx = queries_lib.check_points_yx(query_points_yx)
     indices = self._check_indices(indices)
     if len(indices) != len(query_points_yx):
       raise ValueError(f'need one index per new query point: {len(indices)} indices for {len(query_points_yx)} points')
@@ -341,21 +348,23 @@ class OnlineTracker:
                         expected_dist=expd)
 
 
-def model_functions(model_kwargs: Mapping[str, Any], query_chunk_size: int | None = None
-                    ) -> tuple[Callable, Callable]:
+def model_functions(model_kwargs: Mapping[str, Any], query_chunk_size: int | None = None,
+                    dtype: str = 'float32') -> tuple[Callable, Callable]:
   """The online model's two passes as Haiku apply functions (also what `tapir.export.jax_artifact` exports):
   query_features(params, state, rng, frame [1, 1, h, w, 3], queries [1, n, 3]) -> (QueryFeatures, state) and
   step(params, state, rng, frame, features, context) -> ((tracks [n, 2], occlusion [n], expected_dist [n],
-  new context), state): the last refinement iteration's outputs for the frame."""
+  new context), state): the last refinement iteration's outputs for the frame, computed in `dtype`."""
 
   def query_features(frame, query_points):
-    return tapir_lib.TAPIR(**model_kwargs).get_query_features(frame, False, query_points)
+    with precision.compute_dtype(dtype):
+      return tapir_lib.TAPIR(**model_kwargs).get_query_features(frame, False, query_points)
 
   def step(frame, features, context):
-    model = tapir_lib.TAPIR(**model_kwargs)
-    grids = model.get_feature_grids(frame, False)
-    out = model.estimate_trajectories(frame.shape[2:4], False, grids, features, None, query_chunk_size,
-                                      causal_context=context, get_causal_context=True)
+    with precision.compute_dtype(dtype):
+      model = tapir_lib.TAPIR(**model_kwargs)
+      grids = model.get_feature_grids(frame, False)
+      out = model.estimate_trajectories(frame.shape[2:4], False, grids, features, None, query_chunk_size,
+                                        causal_context=context, get_causal_context=True)
     squeeze = lambda a: a[0, :, 0]  # [1, n, 1, ...] -> [n, ...]
     return (squeeze(out['tracks'][-1]), squeeze(out['occlusion'][-1]), squeeze(out['expected_dist'][-1]),
             out['causal_context'])
@@ -386,11 +395,3 @@ def _gather_slots(features: tapir_lib.QueryFeatures, context: causal.CausalState
   take = lambda a: jnp.take(a, perm, axis=1, mode='fill', fill_value=0)
   return jax.tree_util.tree_map(take, features), jax.tree_util.tree_map(take, context)
 
-
-def _check_points(query_points_yx: Any) -> np.ndarray:  # [n, 2] float32 (y, x)
-  query_points_yx = np.asarray(query_points_yx, np.float32)
-  if query_points_yx.size == 0:
-    query_points_yx = query_points_yx.reshape(0, 2)
-  if query_points_yx.ndim != 2 or query_points_yx.shape[-1] != 2:
-    raise ValueError(f'query_points_yx must be [num_points, 2] as (y, x); got shape {query_points_yx.shape}')
-  return query_points_yx

@@ -130,3 +130,12 @@ def make_query_points(video_shape: Sequence[int], grid: int | None = None, point
     queries = mask_query_points(load_mask(mask, (h, w)), mask_frame, stride=stride)
   tapir_lib.check_query_points(queries, (t, h, w, 3))
   return queries
+
+def check_points_yx(query_points_yx: Any) -> np.ndarray:  # [n, 2] float32 (y, x)
+  """Points as float32 [n, 2] (y, x) (the online tracker's queries); else ValueError."""
+  query_points_yx = np.asarray(query_points_yx, np.float32)
+  if query_points_yx.size == 0:
+    query_points_yx = query_points_yx.reshape(0, 2)
+  if query_points_yx.ndim != 2 or query_points_yx.shape[-1] != 2:
+    raise ValueError(f'query_points_yx must be [num_points, 2] as (y, x); got shape {query_points_yx.shape}')
+  return query_points_yx

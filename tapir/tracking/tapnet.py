@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from tapir import checkpoint as checkpoint_lib
+from tapir.models import precision
 from tapir.models import tapnet as tapnet_model
 from tapir.tracking import core
 
@@ -31,20 +32,23 @@ class TAPNetTracker(core.ChunkedTracker):
   has_expected_dist = False
 
   def __init__(self, params, state, model_kwargs: Mapping[str, Any] | None = None, query_chunk_size: int = 16,
-               resolution: Sequence[int] = RESOLUTION):
-    """`resolution`: (height, width) videos are resized to by default (`predict`'s `resize_to='model'`)."""
+               resolution: Sequence[int] = RESOLUTION, dtype: str = 'float32'):
+    """`resolution`: (height, width) videos are resized to by default (`predict`'s `resize_to='model'`);
+    `dtype`: the compute precision of the convolutions and dense layers (`tapir.models.precision`)."""
     kwargs = {k: v for k, v in (model_kwargs or {}).items() if k != 'cross_replica_axis'}
-    super().__init__(params, state, kwargs, query_chunk_size, resolution)
+    super().__init__(params, state, kwargs, query_chunk_size, resolution, dtype)
 
   def _build(self, model_kwargs):
     model = lambda: tapnet_model.TAPNet(**model_kwargs, cross_replica_axis=None)
     no_queries = lambda video: jnp.zeros((video.shape[0], 1, 3), jnp.float32)
 
     def features(video):
-      return model()(video, False, no_queries(video), compute_regression=False)['feature_grid']
+      with precision.compute_dtype(self.dtype):
+        return model()(video, False, no_queries(video), compute_regression=False)['feature_grid']
 
     def chunk(video, grid, query_points):
-      out = model()(video, False, query_points, feature_grid=grid)
+      with precision.compute_dtype(self.dtype):
+        out = model()(video, False, query_points, feature_grid=grid)
       return out['tracks'], out['occlusion'], None
 
     return hk.transform_with_state(features).apply, hk.transform_with_state(chunk).apply
@@ -55,12 +59,12 @@ class TAPNetTracker(core.ChunkedTracker):
 
   @classmethod
   def from_checkpoint(cls, path, query_chunk_size: int = 16, resolution: Sequence[int] = RESOLUTION,
-                      **overrides) -> 'TAPNetTracker':
+                      dtype: str = 'float32', **overrides) -> 'TAPNetTracker':
     """Loads a TAP-Net checkpoint of any format; settings by `checkpoint.resolve_model_kwargs`."""
     contents = checkpoint_lib.read_checkpoint(path)
     kwargs = checkpoint_lib.resolve_model_kwargs(contents.model_kwargs, None, contents.params, overrides,
                                                  family=cls.family)
-    return cls(contents.params, contents.state, kwargs, query_chunk_size, resolution)
+    return cls(contents.params, contents.state, kwargs, query_chunk_size, resolution, dtype)
 
 
 def init_params(model_kwargs: Mapping[str, Any] | None = None, seed: int = 0):
