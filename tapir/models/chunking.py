@@ -12,6 +12,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from tapir.models import matmul_grad_conv
+
 
 class Plan(NamedTuple):
   """How `num_points` queries are laid out in `num_chunks` chunks of `chunk` (the last padded with repeats)."""
@@ -81,7 +83,8 @@ def run(
   if is_training:
     rest = jax.tree_util.tree_map(lambda x: x[1:], chunked)
     out_first = run_chunk(first, True)
-    _, out_rest = hk.scan(lambda _, xs: (None, run_chunk(xs, False)), None, rest)
+    with matmul_grad_conv.in_loop_body():
+      _, out_rest = hk.scan(lambda _, xs: (None, run_chunk(xs, False)), None, rest)
     return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), out_first, out_rest)
 
   def run_inference_chunk(_, xs):
@@ -89,7 +92,8 @@ def run(
     keep = lambda x: jnp.concatenate([x[:1], jnp.where(xs['index'] == 0, x[1:], jax.lax.stop_gradient(x[1:]))])
     return None, (keep(points), keep(occ), keep(expd), ctx)
 
-  _, out = hk.scan(run_inference_chunk, None, chunked)
+  with matmul_grad_conv.in_loop_body():
+    _, out = hk.scan(run_inference_chunk, None, chunked)
   return out
 
 

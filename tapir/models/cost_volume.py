@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from tapir import conventions
+from tapir.models.matmul_grad_conv import MatmulGradConv2D
 
 # Soft-argmax only averages cells within this radius (in grid cells, strict) of the heatmap's argmax.
 SOFT_ARGMAX_RADIUS = 5.0
@@ -65,9 +66,10 @@ class CostVolumeHead:
 
   def __init__(self, softmax_temperature: float):
     self.softmax_temperature = softmax_temperature
-    self.regression_1 = hk.Conv2D(16, 3, padding='SAME', name='cost_volume_regression_1')
-    self.regression_2 = hk.Conv2D(1, 3, padding='SAME', name='cost_volume_regression_2')
-    self.occlusion_1 = hk.Conv2D(32, 3, stride=2, padding='SAME', name='cost_volume_occlusion_1')
+    # hk.Conv2D with a backward pass of matrix products (XLA's conv gradients are slow on these shapes)
+    self.regression_1 = MatmulGradConv2D(16, 3, name='cost_volume_regression_1')
+    self.regression_2 = MatmulGradConv2D(1, 3, name='cost_volume_regression_2')
+    self.occlusion_1 = MatmulGradConv2D(32, 3, stride=2, name='cost_volume_occlusion_1')
     self.occlusion_2 = hk.Linear(16, name='cost_volume_occlusion_2')
     self.occlusion_out = hk.Linear(2, name='occlusion_out')
 
