@@ -20,10 +20,10 @@ Presets (`--config configs/tapir.py:<preset>`); the model presets are `tapir.PRE
 Any field can be overridden with --config.<field>=<value>; unknown fields are an error (the config is locked).
 
 Training memory, paper recipe, per clip (24 x 256^2, 256 tracks in chunks of 32; XLA:CPU temporaries of the
-compiled train step, `scripts/benchmark.py` 'train_memory', 2026-11-30): 7.3 GB without `remat_refinement` and
-7.3 GB with it (7.34 / 7.29 GB). Only the first chunk of queries back-propagates through refinement and the other
+compiled train step, `scripts/benchmark.py` 'train_memory', 2026-12-01): 7.8 GB without `remat_refinement` and
+7.7 GB with it (7.3 GB each before the cost-volume head's matrix-product gradients, which keep their inputs). Only the first chunk of queries back-propagates through refinement and the other
 chunks build no backward pass, so this grows with `train_chunk_size`, not with `tracks_per_clip` (it was 56.5 GB /
-4.7 GB when every chunk kept its refinement residuals). Remat no longer pays (0.7% less memory for a second
+4.7 GB when every chunk kept its refinement residuals). Remat no longer pays (~1% less memory for a second
 forward pass of one chunk's refinement), so the paper recipe leaves it off.
 """
 

@@ -37,10 +37,10 @@ Training cases:
                                 supervised branch, one update), beside the teacher's passes alone and one
                                 inference forward of the same unlabeled batch.
 Training uses the dense patch formulation (`bilinear_interp_with_depthwise_conv=True` in the configs): its
-backward pass is matrix products, where the gather's is a scatter-add. Measured on XLA:CPU (2 cores, same
-process): the `cpu` preset's train step 0.53 s dense against 0.93 s gather; the full model's gradient above
-7.0 s dense against 6.6 s gather (README, 2026-11-30). The gather stays the CPU default for inference, where it is
-faster (5.9 s against 6.2 s for the 24-frame forward).
+backward pass is matrix products, where the gather's is a scatter-add. Measured on XLA:CPU (2 cores, one suite
+run, README, 2026-12-01): the `cpu` preset's train step 0.49 s dense against 0.76 s gather; at full size the two
+are within 2% (gradient 3.10 s dense against 3.04 s gather, 24-frame forward 5.84 s against 5.91 s). The gather
+stays the CPU default for inference.
 """
 
 import argparse
@@ -64,8 +64,9 @@ def _median(xs):
   return xs[len(xs) // 2]
 
 
-def run_case(case: dict, repeats: int) -> dict:
-  """Runs one case in this process and returns its measurements."""
+def run_case(case: dict, repeats: int, profile_dir: str | None = None) -> dict:
+  """Runs one case in this process and returns its measurements; with `profile_dir`, one more run is traced
+  there with `jax.profiler` (scripts/profile_ops.py reads it)."""
   import haiku as hk  # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
@@ -199,6 +200,10 @@ def run_case(case: dict, repeats: int) -> dict:
     jax.block_until_ready(run())
     times.append(time.perf_counter() - start)
   steady = _median(times)
+  if profile_dir:
+    jax.profiler.start_trace(profile_dir, create_perfetto_trace=True)
+    jax.block_until_ready(run())
+    jax.profiler.stop_trace()
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   if kind == 'train_cpu_preset' and case.get('data'):
     batches.close()
