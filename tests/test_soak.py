@@ -2,6 +2,7 @@
 after warm-up and keeps resident memory bounded; the compile counter sees a forced recompilation; bad flags fail."""
 
 import json
+import mmap
 
 import jax
 import numpy as np
@@ -59,10 +60,13 @@ def test_failures_names_the_exceeded_thresholds():
 
 
 def test_rss_sampler_sees_an_allocation():
+  # Fresh anonymous pages, one byte touched per page: malloc could hand back memory the process already holds (a
+  # test worker that has grown by gigabytes did), an mmap of its own cannot.
+  held = mmap.mmap(-1, 64 * 2**20)
   before = soak.rss_mb()
-  held = np.ones(64 * 2**20, np.uint8)  # 64 MB, touched
+  np.frombuffer(held, np.uint8)[::mmap.PAGESIZE] = 1
   assert soak.rss_mb() - before > 48
-  del held
+  held.close()
 
 
 def test_moving_frames_move_smoothly():
