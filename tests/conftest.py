@@ -28,6 +28,10 @@ def with_overrides(config, overrides):
 # Arrays produced by the official implementations, copied from ../shared/golden (see tests/fixtures/README.md):
 # the tests need nothing outside the repository.
 GOLDEN = REPO / 'tests' / 'fixtures'
+# Two host CPU devices for a subprocess. On a loaded 2-core machine one device's share of a pmapped step can
+# reach a collective more than XLA:CPU's default 40 s after the other, which then aborts the process; wait longer.
+TWO_CPU_DEVICES_XLA_FLAGS = ('--xla_force_host_platform_device_count=2 '
+                             '--xla_cpu_collective_call_terminate_timeout_seconds=540')
 
 # The small architecture of the golden checkpoint (../shared/golden/README.md).
 SMALL_KWARGS = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=2, mixer_hidden_dim=128,

@@ -21,6 +21,7 @@ from tapir.training import loop as trainer
 from tapir.training import selfsup
 from tapir.training import tasks
 from tests.conftest import REPO
+from tests.conftest import TWO_CPU_DEVICES_XLA_FLAGS
 from tests.conftest import with_overrides
 
 
@@ -180,7 +181,7 @@ print('STEP', out['step'], 'SELFSUP', out['metrics']['selfsup_loss'])
 
 
 def test_three_steps_on_two_devices(tmp_path):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(REPO))
+  env = dict(os.environ, XLA_FLAGS=TWO_CPU_DEVICES_XLA_FLAGS, PYTHONPATH=str(REPO))
   result = subprocess.run([sys.executable, '-c', _TWO_DEVICES, str(tmp_path)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -25,6 +25,7 @@ from tapir.training import checkpointing
 from tapir.training import loop as trainer
 from tapir.training import preemption
 from tests.conftest import REPO
+from tests.conftest import TWO_CPU_DEVICES_XLA_FLAGS
 from tests.test_training import _free_port
 from tests.test_training import _tiny
 from tests.test_training import _tiny_batches
@@ -47,7 +48,7 @@ _RUN = textwrap.dedent('''
              *jax.tree_util.tree_leaves(result['state'].params))
     print('RESULT', json.dumps(dict(step=result['step'], stopped_by=result['stopped_by'])))
 ''')
-_TWO_DEVICES = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2', PYTHONPATH=str(REPO))
+_TWO_DEVICES = dict(os.environ, XLA_FLAGS=TWO_CPU_DEVICES_XLA_FLAGS, PYTHONPATH=str(REPO))
 _TIMEOUT = 600
 
 
