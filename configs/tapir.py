@@ -21,10 +21,11 @@ Any field can be overridden with --config.<field>=<value>; unknown fields are an
 
 Training memory, paper recipe, per clip (24 x 256^2, 256 tracks in chunks of 32; XLA:CPU temporaries of the
 compiled train step, `scripts/benchmark.py` 'train_memory', 2026-12-01): 7.8 GB without `remat_refinement` and
-7.7 GB with it (7.3 GB each before the cost-volume head's matrix-product gradients, which keep their inputs). Only the first chunk of queries back-propagates through refinement and the other
-chunks build no backward pass, so this grows with `train_chunk_size`, not with `tracks_per_clip` (it was 56.5 GB /
-4.7 GB when every chunk kept its refinement residuals). Remat no longer pays (~1% less memory for a second
-forward pass of one chunk's refinement), so the paper recipe leaves it off.
+7.7 GB with it (7.3 GB each before the cost-volume head's matrix-product gradients, which keep their inputs).
+Only the first chunk of queries back-propagates through refinement and the other chunks build no backward pass,
+so this grows with `train_chunk_size`, not with `tracks_per_clip` (it was 56.5 GB / 4.7 GB when every chunk kept
+its refinement residuals). Remat no longer pays (~1% less memory for a second forward pass of one chunk's
+refinement), so the paper recipe leaves it off.
 """
 
 import ml_collections

@@ -3,7 +3,8 @@
 Each case is a dict: `kind` (offline, online, train, train_memory, gradient, train_cpu_preset, render_cpu_batch,
 selfsup_cpu_preset, teacher_cpu_preset, inference_cpu_preset), and for the model cases `frames`, `size` (square
 frames), `points`, optionally `batch`, `chunk`, `dense` (the patch formulation), `remat`, `feature_chunk`, `data`,
-`dtype` (compute precision, offline and online), `model='tiny'` (`TINY_MODEL`) and `peaks='tiny'` (`TINY_PEAKS`: small peak micro-benchmarks).
+`dtype` (compute precision, offline and online), `model='tiny'` (`TINY_MODEL`) and `peaks='tiny'` (`TINY_PEAKS`:
+small peak micro-benchmarks).
 """
 
 # Rendering a `cpu` batch of built-in scenes, and the self-supervised cases: in the default and the quick suite.

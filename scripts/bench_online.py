@@ -11,11 +11,12 @@ up first (the trackers' slot buckets included), then the cases take turns, one c
 `--repeats` rounds, so a noisy neighbour slows them alike; medians are reported, with each step's ratio to the
 backbone of its frame size.
 
-With few points the refinement is bound by memory traffic, not arithmetic: each of its `num_pips_iter`
-iterations runs every mixer block, so the step reads all the mixer's weights (103.5 MB in float32 for the
-released architecture, more than a CPU's last-level cache) once per iteration whatever the number of points. The
-last row times just that, interleaved with the rest: a jitted sum over the mixer's weights, `num_pips_iter` times
-(`weights_floor`; an optimisation barrier keeps the reads apart); backbone + that read is the least an f32 step can cost on this machine.
+With few points the refinement does little arithmetic, but each of its `num_pips_iter` iterations runs every
+mixer block, so the step must touch all the mixer's weights (103.5 MB in float32 for the released architecture,
+more than a CPU's last-level cache) once per iteration whatever the number of points. The last rows time just
+that, interleaved with the rest: a jitted sum over the mixer's weights, `num_pips_iter` times (`weights_floor`;
+an optimisation barrier keeps the reads apart). Backbone + that read is what an f32 step would cost if the
+mixer's products ran at read bandwidth; on XLA:CPU the 8-row products run well below it (README Performance).
 """
 
 import argparse
