@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -28,10 +30,36 @@ def with_overrides(config, overrides):
 # Arrays produced by the official implementations, copied from ../shared/golden (see tests/fixtures/README.md):
 # the tests need nothing outside the repository.
 GOLDEN = REPO / 'tests' / 'fixtures'
-# Two host CPU devices for a subprocess. On a loaded 2-core machine one device's share of a pmapped step can
-# reach a collective more than XLA:CPU's default 40 s after the other, which then aborts the process; wait longer.
+# Two host CPU devices for a subprocess. XLA:CPU runs both devices' shares of a step on one thread pool of
+# max(PJRT_NPROC, devices) threads (PJRT_NPROC's default: one per core), so on a 2-core machine there is one
+# thread per device and none to spare, and a device waiting at a collective can hold the thread the other one
+# needs: the step never ends (`tapir.training.cpu_devices`). Seen twice under CI as an abort after XLA's
+# collective timeout; not reproduced here (32 runs of that test's script beside a CPU hog). Two threads per
+# device remove the shortage; the longer collective timeout covers a loaded machine, where one device can reach
+# a collective long after the other (a step takes ~10 s here).
 TWO_CPU_DEVICES_XLA_FLAGS = ('--xla_force_host_platform_device_count=2 '
-                             '--xla_cpu_collective_call_terminate_timeout_seconds=540')
+                             '--xla_cpu_collective_call_terminate_timeout_seconds=240')
+# What XLA:CPU prints when it aborts a process at a collective some device never reached.
+XLA_COLLECTIVE_ABORT = 'Termination timeout for'
+
+
+def two_cpu_devices_env(**extra: str) -> dict[str, str]:
+  """This process's environment for a subprocess with two host CPU devices, able to import the repository."""
+  return dict(os.environ, XLA_FLAGS=TWO_CPU_DEVICES_XLA_FLAGS, PJRT_NPROC='4', PYTHONPATH=str(REPO), **extra)
+
+
+def run_on_two_cpu_devices(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+  """`subprocess.run(args)` in `two_cpu_devices_env()`, run once more (with a warning in the test report, so it
+  is seen) if XLA:CPU aborted it at a collective: the runtime hang above, not a failure of the code under test.
+  Any other failure, or the same abort twice, is returned as it is."""
+  for attempt in (1, 2):
+    result = subprocess.run(args, cwd=REPO, env=two_cpu_devices_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode == 0 or XLA_COLLECTIVE_ABORT not in result.stderr or attempt == 2:
+      return result
+    warnings.warn(f'XLA:CPU aborted a run on two CPU devices at a collective; running it again. Its log ends:\n'
+                  f'{result.stderr[-1500:]}')
+  raise AssertionError('unreachable')
 
 # The small architecture of the golden checkpoint (../shared/golden/README.md).
 SMALL_KWARGS = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=2, mixer_hidden_dim=128,

@@ -21,7 +21,7 @@ from tapir.training import loop as trainer
 from tapir.training import selfsup
 from tapir.training import tasks
 from tests.conftest import REPO
-from tests.conftest import TWO_CPU_DEVICES_XLA_FLAGS
+from tests.conftest import run_on_two_cpu_devices
 from tests.conftest import with_overrides
 
 
@@ -181,11 +181,10 @@ print('STEP', out['step'], 'SELFSUP', out['metrics']['selfsup_loss'])
 
 
 def test_three_steps_on_two_devices(tmp_path):
-  env = dict(os.environ, XLA_FLAGS=TWO_CPU_DEVICES_XLA_FLAGS, PYTHONPATH=str(REPO))
-  result = subprocess.run([sys.executable, '-c', _TWO_DEVICES, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+  result = run_on_two_cpu_devices([sys.executable, '-c', _TWO_DEVICES, str(tmp_path)])
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'STEP 3' in result.stdout
+  assert 'share XLA:CPU' not in result.stderr  # the pool has two threads per device (tests/conftest.py)
 
 
 @pytest.mark.parametrize('field, value', [

@@ -25,7 +25,7 @@ from tapir.training import checkpointing
 from tapir.training import loop as trainer
 from tapir.training import preemption
 from tests.conftest import REPO
-from tests.conftest import TWO_CPU_DEVICES_XLA_FLAGS
+from tests.conftest import two_cpu_devices_env
 from tests.test_training import _free_port
 from tests.test_training import _tiny
 from tests.test_training import _tiny_batches
@@ -48,7 +48,7 @@ _RUN = textwrap.dedent('''
              *jax.tree_util.tree_leaves(result['state'].params))
     print('RESULT', json.dumps(dict(step=result['step'], stopped_by=result['stopped_by'])))
 ''')
-_TWO_DEVICES = dict(os.environ, XLA_FLAGS=TWO_CPU_DEVICES_XLA_FLAGS, PYTHONPATH=str(REPO))
+_TWO_DEVICES = two_cpu_devices_env()
 _TIMEOUT = 600
 
 

@@ -21,7 +21,7 @@ from tapir.training import checkpointing
 from tapir.training import loop as trainer
 from tapir.training import state as training
 from tests.conftest import REPO
-from tests.conftest import TWO_CPU_DEVICES_XLA_FLAGS
+from tests.conftest import run_on_two_cpu_devices
 from tests.conftest import with_overrides
 
 
@@ -168,9 +168,7 @@ _MULTI_DEVICE = textwrap.dedent('''
 
 
 def test_two_devices_equal_one_device_on_the_global_batch():
-  env = dict(os.environ, XLA_FLAGS=TWO_CPU_DEVICES_XLA_FLAGS, PYTHONPATH=str(REPO))
-  result = subprocess.run([sys.executable, '-c', _MULTI_DEVICE], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+  result = run_on_two_cpu_devices([sys.executable, '-c', _MULTI_DEVICE])
   assert result.returncode == 0 and 'OK' in result.stdout, result.stderr[-4000:]
 
 

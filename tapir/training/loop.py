@@ -9,7 +9,8 @@ checkpoint in any format of `tapir.checkpoint`, e.g. a released one for fine-tun
 Checkpoints hold the whole train state (params, Haiku state, optimiser state, step, RNG, the objective's extra
 state), are written atomically by orbax and the last `config.keep_checkpoints` are kept
 (`tapir.training.checkpointing`, which also says what happens to broken checkpoints and failed writes).
-SIGTERM / SIGINT stop the run after a checkpoint of the step in flight (`tapir.training.preemption`). Bad
+SIGTERM / SIGINT stop the run after a checkpoint of the step in flight (`tapir.training.preemption`). Several
+CPU devices with too few XLA threads for them get a warning (`tapir.training.cpu_devices`). Bad
 training examples are skipped by the stream (`tapir.data.bad_examples`): each is listed in
 `workdir/skipped_examples.json` with its step, and the log's `skipped_examples` counts them. Only
 process 0 logs and writes summaries (`tapir.training.reporting`); every process takes part in checkpointing. At
@@ -31,6 +32,7 @@ from tapir import config_fields
 from tapir.data import bad_examples
 from tapir.data import streams
 from tapir.training import checkpointing
+from tapir.training import cpu_devices
 from tapir.training import evaluator as evaluator_lib
 from tapir.training import preemption
 from tapir.training import reporting
@@ -136,6 +138,8 @@ def train_and_evaluate(
   run_started = time.perf_counter()
   config_fields.reject_renamed(config, config_fields.TRAINING_RENAMES)
   maybe_initialize_distributed(config)  # first: it installs JAX's native SIGTERM notifier, which we stack on
+  if (pool_warning := cpu_devices.thread_pool_warning(jax.local_devices())) is not None:
+    logging.warning('%s', pool_warning)
   with preemption.StopSignals() as signals:
     os.makedirs(workdir, exist_ok=True)
     task = tasks.get_task(config)
