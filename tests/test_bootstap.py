@@ -167,6 +167,7 @@ def test_tiny_run_logs_both_branches_and_resumes_bit_identically(tmp_path):
 
 _TWO_DEVICES = r'''
 import sys
+import tempfile
 import jax
 from configs import bootstap
 from tapir.training import loop
@@ -175,7 +176,7 @@ with config.unlocked():
   config.training_steps = 3
   config.eval.every_steps = 100
 assert jax.local_device_count() == 2
-out = loop.train_and_evaluate(config, sys.argv[1])
+out = loop.train_and_evaluate(config, tempfile.mkdtemp(dir=sys.argv[1]))  # a fresh run on every attempt
 print('STEP', out['step'], 'SELFSUP', out['metrics']['selfsup_loss'])
 '''
 

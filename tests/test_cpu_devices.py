@@ -14,22 +14,24 @@ CPU2 = [Device('cpu'), Device('cpu')]
 
 @pytest.mark.parametrize('environ, threads', [
     ({'PJRT_NPROC': '6'}, 6), ({'NPROC': '3'}, 3), ({'PJRT_NPROC': '5', 'NPROC': '1'}, 5),
-    ({'PJRT_NPROC': ' 7 '}, 7), ({'PJRT_NPROC': '-2'}, 0),
+    ({'PJRT_NPROC': ' 7 '}, 7), ({'PJRT_NPROC': '-2'}, 2), ({'PJRT_NPROC': '1'}, 2),  # never below the devices
 ])
 def test_pool_size_follows_xla_s_variables_in_xla_s_order(environ, threads):
-  assert cpu_devices.pool_threads(environ) == threads
+  assert cpu_devices.pool_threads(2, environ) == threads
 
 
 def test_without_the_variables_the_pool_has_a_thread_per_usable_core():
   cores = len(os.sched_getaffinity(0))
-  assert cpu_devices.pool_threads({}) == cores
-  assert cpu_devices.pool_threads({'PJRT_NPROC': 'many'}) == cores  # not an integer: XLA ignores it too
+  assert cpu_devices.pool_threads(1, {}) == cores
+  assert cpu_devices.pool_threads(1, {'PJRT_NPROC': 'many'}) == cores  # not an integer: XLA ignores it too
+  assert cpu_devices.pool_threads(cores + 3, {}) == cores + 3
 
 
 def test_two_cpu_devices_on_two_threads_are_warned_about_with_the_fix():
-  message = cpu_devices.thread_pool_warning(CPU2, {'PJRT_NPROC': '2'})
-  assert message is not None and '2 CPU devices' in message and 'pool of 2 threads' in message
-  assert 'PJRT_NPROC=4' in message
+  for environ in ({'PJRT_NPROC': '2'}, {'PJRT_NPROC': '1'}):  # XLA gives each device a thread at least
+    message = cpu_devices.thread_pool_warning(CPU2, environ)
+    assert message is not None and '2 CPU devices' in message and 'pool of 2 threads' in message
+    assert 'PJRT_NPROC=4' in message
 
 
 @pytest.mark.parametrize('devices, environ', [
