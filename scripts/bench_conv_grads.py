@@ -42,7 +42,7 @@ def run(rounds: int = 3, cases=CASES, repeats: int = 3) -> list[dict]:
           times[label].append(benchmark.run_case(case, repeats)['seconds'])
         finally:
           cost_volume.MatmulGradConv2D = library
-    medians = {label: sorted(ts)[len(ts) // 2] for label, ts in times.items()}
+    medians = {label: benchmark._median(ts) for label, ts in times.items()}  # pylint: disable=protected-access
     rows.append(dict(case=benchmark._case_label(case), seconds=medians,  # pylint: disable=protected-access
                      speedup=medians['XLA conv gradients'] / medians['matrix products']))
   return rows

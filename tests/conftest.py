@@ -43,23 +43,23 @@ TWO_CPU_DEVICES_XLA_FLAGS = ('--xla_force_host_platform_device_count=2 '
 XLA_COLLECTIVE_ABORT = 'Termination timeout for'
 
 
-def two_cpu_devices_env(**extra: str) -> dict[str, str]:
+def two_cpu_devices_env() -> dict[str, str]:
   """This process's environment for a subprocess with two host CPU devices, able to import the repository."""
-  return dict(os.environ, XLA_FLAGS=TWO_CPU_DEVICES_XLA_FLAGS, PJRT_NPROC='4', PYTHONPATH=str(REPO), **extra)
+  return dict(os.environ, XLA_FLAGS=TWO_CPU_DEVICES_XLA_FLAGS, PJRT_NPROC='4', PYTHONPATH=str(REPO))
 
 
 def run_on_two_cpu_devices(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
   """`subprocess.run(args)` in `two_cpu_devices_env()`, run once more (with a warning in the test report, so it
   is seen) if XLA:CPU aborted it at a collective: the runtime hang above, not a failure of the code under test.
   Any other failure, or the same abort twice, is returned as it is."""
-  for attempt in (1, 2):
-    result = subprocess.run(args, cwd=REPO, env=two_cpu_devices_env(), capture_output=True, text=True,
-                            timeout=timeout)
-    if result.returncode == 0 or XLA_COLLECTIVE_ABORT not in result.stderr or attempt == 2:
-      return result
+  run = lambda: subprocess.run(args, cwd=REPO, env=two_cpu_devices_env(), capture_output=True, text=True,
+                               timeout=timeout)
+  result = run()
+  if result.returncode != 0 and XLA_COLLECTIVE_ABORT in result.stderr:
     warnings.warn(f'XLA:CPU aborted a run on two CPU devices at a collective; running it again. Its log ends:\n'
                   f'{result.stderr[-1500:]}')
-  raise AssertionError('unreachable')
+    result = run()
+  return result
 
 # The small architecture of the golden checkpoint (../shared/golden/README.md).
 SMALL_KWARGS = dict(blocks_per_group=(1, 1, 1, 1), num_mixer_blocks=2, mixer_hidden_dim=128,
