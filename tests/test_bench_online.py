@@ -30,6 +30,27 @@ def test_cases_are_timed_and_compared_with_the_backbone_of_their_frame_size():
   assert '| online step, 9 points at 32² |' in table and 'medians of 2 interleaved rounds' in table
 
 
+def test_each_step_carries_its_arithmetic_against_its_backbone():
+  rows = {r['case']: r for r in bench_online.run(repeats=1, settings=((32, 2), (32, 9)), overrides=TINY)}
+  backbone, two, nine = (rows[k] for k in ('backbone, one frame of 32²', 'online step, 2 points at 32²',
+                                           'online step, 9 points at 32²'))
+  assert backbone['gflop'] > 0 and backbone['flop_ratio'] == 1.0
+  # The step computes the backbone's feature grids and more; more points, more refinement arithmetic.
+  assert 1.0 < two['flop_ratio'] < nine['flop_ratio']
+  for step in (two, nine):
+    extra = step['gflop'] - backbone['gflop']
+    assert step['extra_gflop_per_s_needed'] == pytest.approx(extra / (0.1 * backbone['ms'] / 1000))
+    assert step['backbone_gflop_per_s'] == pytest.approx(backbone['gflop'] / (backbone['ms'] / 1000))
+  table = bench_online.to_markdown(list(rows.values()), 'test machine')
+  assert "× the backbone's FLOPs" in table and f'{nine["flop_ratio"]:.3f}' in table
+
+
+@pytest.mark.parametrize('target', [1.0, 0.5, True, 'x'])
+def test_bad_target_is_refused(target):
+  with pytest.raises(ValueError, match='target'):
+    bench_online.run(repeats=1, settings=((32, 2),), overrides=TINY, target=target)
+
+
 def test_bad_repeats_are_refused():
   with pytest.raises(ValueError, match='repeats'):
     bench_online.run(repeats=0, settings=((32, 2),), overrides=TINY)
