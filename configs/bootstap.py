@@ -20,6 +20,8 @@ published by the paper unless it says so):
   per_device_batch   unlabeled clips per device per step (4 at cpu scale; 8 in the spec's 1:1 default).
   num_queries        teacher queries per clip, uniform over (t, y, x) (spec default 256; 64 at cpu scale).
   teacher_decay      EMA decay of the teacher (0.99, the spec's choice for short runs; 0 = a frozen teacher).
+  visibility_rule    where a pseudo-label is visible: 'eval' (the library's rule, uncertain = occluded; the spec's
+                     default) or 'occ_only' (the occlusion logit alone).
   cycle_consistency  keep a track only if the teacher, re-queried at a point of it, returns within cycle_px
                      of the query and visible there (True; the spec's reading of the paper's "cycle filter").
   cycle_px           4.0 (256-scale pixels, the Huber delta).
@@ -48,6 +50,7 @@ def _selfsup() -> ml_collections.ConfigDict:
       per_device_batch=8,
       num_queries=256,
       teacher_decay=0.99,
+      visibility_rule='eval',
       cycle_consistency=True,
       cycle_px=4.0,
       resample_queries=True,

@@ -66,22 +66,26 @@ def test_ema_update_and_frozen_teacher():
 class _FakeTeacher:
   """A teacher whose tracks are given: apply(...) returns them and re-draws queries as the real one does."""
 
-  def __init__(self, tracks, visible, second_tracks=None, second_visible=None):
+  def __init__(self, tracks, visible, second_tracks=None, second_visible=None, uncertain=None, rule='eval'):
     logit = lambda v: jnp.where(v, -10.0, 10.0)
-    self.first = dict(tracks=tracks, occlusion=logit(visible), expected_dist=logit(visible))
+    # `uncertain`: seen (occlusion logit < 0) but with a large expected distance.
+    dist = lambda v: logit(v) if uncertain is None else jnp.where(uncertain, 10.0, logit(v))
+    self.first = dict(tracks=tracks, occlusion=logit(visible), expected_dist=dist(visible))
     st = tracks if second_tracks is None else second_tracks
     sv = visible if second_visible is None else second_visible
-    self.second = dict(tracks=st, occlusion=logit(sv), expected_dist=logit(sv))
+    self.second = dict(tracks=st, occlusion=logit(sv), expected_dist=dist(sv))
+    self.rule = rule
 
   def apply(self, params, state, rng, video, queries, eligible_fn):
     del params, state, video, queries
-    eligible = eligible_fn(self.first['tracks'], self.first['occlusion'] < 0)
+    eligible = eligible_fn(self.first['tracks'], selfsup.teacher_visibility(self.first, self.rule))
     redrawn, any_eligible = selfsup.sample_on_track(rng, self.first['tracks'], eligible)
     return (self.first, self.second, redrawn, any_eligible), None
 
 
 def _knobs(**kw):
-  base = dict(cycle_consistency=True, cycle_px=4.0, resample_queries=True, out_of_frame='occluded')
+  base = dict(visibility_rule='eval', cycle_consistency=True, cycle_px=4.0, resample_queries=True,
+              out_of_frame='occluded')
   return types.SimpleNamespace(**{**base, **kw})
 
 
@@ -123,6 +127,34 @@ def test_pseudo_labels_map_through_the_view_and_mark_what_leaves_it():
   fixed = selfsup.pseudo_labels(_FakeTeacher(tracks, visible), None, None, jax.random.PRNGKey(0), clip,
                                 _knobs(resample_queries=False))
   np.testing.assert_allclose(fixed.query_points, jnp.array([[[0.0, 10.0, 8.0], [0.0, 16.0, 20.0]]]))
+
+
+def test_teacher_visibility_rules():
+  outputs = dict(occlusion=jnp.array([-3.0, -3.0, 3.0, 0.5]), expected_dist=jnp.array([-3.0, 3.0, -3.0, -9.0]))
+  # eval: (1 - sigmoid(occ)) (1 - sigmoid(dist)) > 0.5; occ_only: occ < 0
+  np.testing.assert_array_equal(selfsup.teacher_visibility(outputs, 'eval'), [True, False, False, False])
+  np.testing.assert_array_equal(selfsup.teacher_visibility(outputs, 'occ_only'), [True, True, False, False])
+  with pytest.raises(ValueError, match='visibility_rule'):
+    selfsup.teacher_visibility(outputs, 'soft')
+  with pytest.raises(ValueError, match='visibility_rule'):
+    selfsup.make_teacher({}, 8, 'tapir', 'soft')
+
+
+def test_uncertain_points_are_occluded_labels_under_eval_and_visible_under_occ_only():
+  t, h, w = 4, 32, 32
+  view = student_views.view_from_boxes(np.tile([[0.0, 0.0, 32.0, 32.0]], (t, 1)), (h, w))  # the whole frame
+  tracks = jnp.array([[[[4.0 + f, 5.0] for f in range(t)], [[9.0, 8.0 + f] for f in range(t)]]])
+  visible = jnp.ones((1, 2, t), bool)
+  uncertain = jnp.zeros((1, 2, t), bool).at[0, 1, 1:].set(True)  # track 1 is sure only at frame 0
+  clip = dict(video=jnp.zeros((1, t, h, w, 3)), student_video=jnp.zeros((1, t, h, w, 3)),
+              affines=jnp.asarray(view.affines)[None], query_points=jnp.array([[[0.0, 5.0, 4.0], [0.0, 8.0, 9.0]]]))
+  for rule, expected in (('eval', [False, True, True, True]), ('occ_only', [False, False, False, False])):
+    labels = selfsup.pseudo_labels(_FakeTeacher(tracks, visible, uncertain=uncertain, rule=rule), None, None,
+                                   jax.random.PRNGKey(0), clip, _knobs(visibility_rule=rule))
+    np.testing.assert_array_equal(labels.occluded[0, 1], expected)
+    assert labels.kept.all()  # re-queried at frame 0 under eval (its only visible frame), anywhere under occ_only
+    if rule == 'eval':
+      assert int(labels.query_points[0, 1, 0]) == 0
 
 
 def test_unlabeled_batches_are_deterministic_and_resume():
@@ -191,6 +223,7 @@ def test_three_steps_on_two_devices(tmp_path):
 @pytest.mark.parametrize('field, value', [
     ('selfsup.teacher_decay', 1.0), ('selfsup.teacher_decay', -0.1), ('selfsup.cycle_px', 0.0),
     ('selfsup.out_of_frame', 'drop'), ('selfsup.weight', -1.0), ('selfsup.per_device_batch', 0),
+    ('selfsup.visibility_rule', 'soft'),
 ])
 def test_bad_knobs_name_themselves(field, value):
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):

@@ -4,7 +4,8 @@ a transformed, corrupted copy and is queried at other points of the same tracks.
 Per unlabeled clip (`tapir.data.unlabeled_batches`: the clean clip at the training size, the student's view of it,
 the per-frame affine map from the clean clip's raster to the view's, and uniform teacher queries):
   1. teacher pass, inference mode, no gradient: tracks, occlusion and expected_dist of every query; visibility by
-     the library's rule (`tapir.conventions.visibility_from_logits`);
+     `visibility_rule` (`teacher_visibility`: the library's rule, `tapir.conventions.visibility_from_logits`, or
+     the occlusion logit alone);
   2. a point of each track re-drawn uniformly among the frames where the teacher sees it and the view contains it
      (`sample_on_track`);
   3. cycle consistency: the teacher re-queried there (its feature grids reused) must come back visible within
@@ -25,6 +26,21 @@ import jax.numpy as jnp
 from tapir import conventions
 from tapir.data import student_views
 from tapir.models import families
+
+VISIBILITY_RULES = ('eval', 'occ_only')
+
+
+def teacher_visibility(outputs: Mapping[str, jax.Array], rule: str) -> jax.Array:
+  """[b, n, t] bool: where the teacher's pseudo-label is visible.
+
+  'eval': the rule of the library's outputs, (1 - sigmoid(occlusion)) (1 - sigmoid(expected_dist)) > 0.5, so an
+  uncertain position counts as occluded; 'occ_only': occlusion < 0, whatever the uncertainty.
+  """
+  if rule == 'eval':
+    return conventions.visibility_from_logits(outputs['occlusion'], outputs['expected_dist'])
+  if rule == 'occ_only':
+    return outputs['occlusion'] < 0
+  raise ValueError(f'visibility_rule must be one of {VISIBILITY_RULES}, got {rule!r}')
 
 
 class PseudoLabels(NamedTuple):
@@ -73,21 +89,24 @@ def ema_update(teacher: Any, student: Any, decay: float) -> Any:
   return jax.tree_util.tree_map(lambda t, s: decay * t + (1 - decay) * s, teacher, student)
 
 
-def make_teacher(model_kwargs: Mapping[str, Any], query_chunk_size: int, family: str = 'tapir'
-                 ) -> hk.TransformedWithState:
+def make_teacher(model_kwargs: Mapping[str, Any], query_chunk_size: int, family: str = 'tapir',
+                 visibility_rule: str = 'eval') -> hk.TransformedWithState:
   """`apply(params, state, rng, video, queries, eligible_fn)`: the teacher's two passes over one clip.
 
   The first tracks `queries`; `eligible_fn(tracks, visible) -> [b, n, t] bool` says where a track may be
-  re-queried; the second pass tracks the re-drawn points, with the first pass's feature grids. Inference mode.
+  re-queried, its `visible` given by `visibility_rule` (`teacher_visibility`); the second pass tracks the re-drawn
+  points, with the first pass's feature grids. Inference mode.
   Returns (first outputs, second outputs, re-drawn queries [b, n, 3], any-eligible [b, n]).
   """
   module = families.get(family).module
+  if visibility_rule not in VISIBILITY_RULES:
+    raise ValueError(f'visibility_rule must be one of {VISIBILITY_RULES}, got {visibility_rule!r}')
 
   def forward(video, queries, eligible_fn: Callable[[jax.Array, jax.Array], jax.Array]):
     model = module(**model_kwargs)
     grids = model.get_feature_grids(video, is_training=False)
     first = model(video, False, queries, query_chunk_size=query_chunk_size, feature_grids=grids)
-    visible = conventions.visibility_from_logits(first['occlusion'], first['expected_dist'])
+    visible = teacher_visibility(first, visibility_rule)
     redrawn, any_eligible = sample_on_track(hk.next_rng_key(), first['tracks'], eligible_fn(first['tracks'],
                                                                                             visible))
     second = model(video, False, redrawn, query_chunk_size=query_chunk_size, feature_grids=grids)
@@ -107,7 +126,8 @@ def pseudo_labels(teacher: hk.TransformedWithState, teacher_params, teacher_stat
     rng: key for the re-drawn queries.
     clip: 'video' [b, t, h, w, 3] the clean clip; 'student_video' [b, t, h', w', 3] the view; 'affines'
       [b, t, 2, 3] clean raster -> view raster; 'query_points' [b, n, 3] (t, y, x) the teacher's queries.
-    knobs: `config.selfsup` (cycle_consistency, cycle_px, resample_queries, out_of_frame).
+    knobs: `config.selfsup` (visibility_rule, cycle_consistency, cycle_px, resample_queries, out_of_frame); the
+      teacher must have been made with the same visibility_rule.
   """
   video, view = clip['video'], clip['student_video']
   view_hw = view.shape[2:4]
@@ -121,10 +141,10 @@ def pseudo_labels(teacher: hk.TransformedWithState, teacher_params, teacher_stat
       lambda tracks, visible: visible & in_view(tracks))
   first, second = jax.lax.stop_gradient((first, second))
   tracks = first['tracks']
-  visible = conventions.visibility_from_logits(first['occlusion'], first['expected_dist'])
+  visible = teacher_visibility(first, knobs.visibility_rule)
   kept = any_eligible
   if knobs.cycle_consistency:
-    second_visible = conventions.visibility_from_logits(second['occlusion'], second['expected_dist'])
+    second_visible = teacher_visibility(second, knobs.visibility_rule)
     kept &= cycle_mask(second['tracks'], second_visible, clip['query_points'], video.shape[2:4], knobs.cycle_px)
   targets = student_views.map_points(affines, tracks)
   inside = student_views.in_frame(targets, view_hw)

@@ -38,6 +38,9 @@ def check_knobs(knobs) -> None:
     raise ValueError(f'selfsup.teacher_decay must be in [0, 1) (0: a frozen teacher), got {knobs.teacher_decay}')
   if not knobs.cycle_px > 0:
     raise ValueError(f'selfsup.cycle_px must be > 0 (256-scale pixels), got {knobs.cycle_px}')
+  if knobs.visibility_rule not in selfsup.VISIBILITY_RULES:
+    raise ValueError(f'selfsup.visibility_rule must be one of {selfsup.VISIBILITY_RULES}, got '
+                     f'{knobs.visibility_rule!r}')
   if knobs.out_of_frame not in OUT_OF_FRAME:
     raise ValueError(f'selfsup.out_of_frame must be one of {OUT_OF_FRAME}, got {knobs.out_of_frame!r}')
   for name in ('weight', 'supervised_weight'):
@@ -63,7 +66,8 @@ class BootstapTAPIR(task.Task):
 
   def make_update(self, optimizer):
     model = self.model()
-    teacher = selfsup.make_teacher(self.model_kwargs, self.config.train_chunk_size, self.family)
+    teacher = selfsup.make_teacher(self.model_kwargs, self.config.train_chunk_size, self.family,
+                                   self.config.selfsup.visibility_rule)
     supervised = training.supervised_terms(model, self.config.loss, losses.tapir_loss)
     knobs = self.config.selfsup
 
