@@ -22,6 +22,8 @@ published by the paper unless it says so):
   teacher_decay      EMA decay of the teacher (0.99, the spec's choice for short runs; 0 = a frozen teacher).
   visibility_rule    where a pseudo-label is visible: 'eval' (the library's rule, uncertain = occluded; the spec's
                      default) or 'occ_only' (the occlusion logit alone).
+  teacher_scale      the teacher sees each clip at this multiple of the training size (1.0: the same); the
+                     student's view is resampled from it to the training size (area prefilter).
   cycle_consistency  keep a track only if the teacher, re-queried at a point of it, returns within cycle_px
                      of the query and visible there (True; the spec's reading of the paper's "cycle filter").
   cycle_px           4.0 (256-scale pixels, the Huber delta).
@@ -51,6 +53,7 @@ def _selfsup() -> ml_collections.ConfigDict:
       num_queries=256,
       teacher_decay=0.99,
       visibility_rule='eval',
+      teacher_scale=1.0,
       cycle_consistency=True,
       cycle_px=4.0,
       resample_queries=True,

@@ -173,6 +173,30 @@ def test_unlabeled_batches_are_deterministic_and_resume():
   assert b['query_points'].shape == (1, 1, config.selfsup.num_queries, 3)
 
 
+def test_teacher_sees_the_clip_at_teacher_scale_and_labels_land_in_the_students_raster(tmp_path):
+  identity_view = {'selfsup.views.crop_area': (1.0, 1.0), 'selfsup.views.crop_aspect': (1.0, 1.0),
+                   'selfsup.views.color_augmentation': False, 'selfsup.views.blur_probability': 0.0,
+                   'selfsup.views.noise_probability': 0.0, 'selfsup.views.jpeg_probability': 0.0}
+  config = _config(**{'selfsup.teacher_scale': 2.0, **identity_view})
+  t, (h, w) = config.data.num_frames, config.data.train_hw
+  assert unlabeled_batches.teacher_hw(config) == (2 * h, 2 * w)
+  b = next(unlabeled_batches.unlabeled_batches(config, 0))
+  assert b['video'].shape == (1, 1, t, 2 * h, 2 * w, 3) and b['student_video'].shape == (1, 1, t, h, w, 3)
+  # The whole frame, halved: a teacher pixel (x, y) is the student's (x / 2, y / 2). Student pixel j reads the
+  # teacher's 2-pixel box filter bilinearly at 2j + 1/2: weights (1, 3, 3, 1) / 8 on pixels 2j - 1 .. 2j + 2.
+  np.testing.assert_allclose(b['affines'][0, 0], np.tile([[[0.5, 0, 0], [0, 0.5, 0]]], (t, 1, 1)), atol=1e-6)
+  taps = np.array([1.0, 3.0, 3.0, 1.0]) / 8
+  video = b['video'][0, 0].astype(np.float64)
+  rows = sum(k * video[:, 2 * 1 - 1 + i: 2 * (h - 2) + i: 2] for i, k in enumerate(taps))  # student rows 1 .. h-2
+  both = sum(k * rows[:, :, 2 * 1 - 1 + i: 2 * (w - 2) + i: 2] for i, k in enumerate(taps))
+  np.testing.assert_allclose(b['student_video'][0, 0, :, 1:-1, 1:-1], both, atol=1e-5)
+  assert (b['query_points'][..., 1] < 2 * h).all() and (b['query_points'][..., 1] >= h).any()
+  # The student trains against them, from scratch, two steps.
+  out = trainer.train_and_evaluate(_config(**{'selfsup.teacher_scale': 2.0, 'training_steps': 2,
+                                              'eval.every_steps': 100}), str(tmp_path / 'run'))
+  assert out['step'] == 2 and np.isfinite(out['metrics']['selfsup_loss'])
+
+
 def test_tiny_run_logs_both_branches_and_resumes_bit_identically(tmp_path):
   supervised = tapir_configs.get_config('tiny')
   start = trainer.train_and_evaluate(supervised, str(tmp_path / 'start'))['exported']
@@ -223,7 +247,7 @@ def test_three_steps_on_two_devices(tmp_path):
 @pytest.mark.parametrize('field, value', [
     ('selfsup.teacher_decay', 1.0), ('selfsup.teacher_decay', -0.1), ('selfsup.cycle_px', 0.0),
     ('selfsup.out_of_frame', 'drop'), ('selfsup.weight', -1.0), ('selfsup.per_device_batch', 0),
-    ('selfsup.visibility_rule', 'soft'),
+    ('selfsup.visibility_rule', 'soft'), ('selfsup.teacher_scale', 0.5), ('selfsup.teacher_scale', 9.0),
 ])
 def test_bad_knobs_name_themselves(field, value):
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):

@@ -2,9 +2,10 @@
 
 For clip i of the run (a pure function of (config.seed, i), whatever the number of hosts):
   the clip (`tapir.data.unlabeled.clip_source`: the user's videos or the built-in photographs under motion) at the
-  training size and length, in [-1, 1]; a student view of it (`tapir.data.student_views`: a spatial transform
-  and corruptions, with the per-frame affine map from the clip's raster to the view's); and
-  `selfsup.num_queries` teacher queries (t, y, x) uniform over the clip (integer frames, continuous positions).
+  teacher's size (`teacher_hw`: `selfsup.teacher_scale` times the training size) and the training length, in
+  [-1, 1]; a student view of it at the training size (`tapir.data.student_views`: a spatial transform and
+  corruptions, with the per-frame affine map from the clip's raster to the view's); and `selfsup.num_queries`
+  teacher queries (t, y, x) uniform over the clip (integer frames, continuous positions).
 `mixed_batches` pairs them with the supervised stream of `config.data` (`tapir.data.streams.train_batches`) as
 {'supervised': ..., 'unlabeled': ...}, both for the same step; the unlabeled batch also carries the source's
 count of skipped (undecodable) videos, so that the step's metrics and the training history report it.
@@ -29,14 +30,25 @@ def view_config(config) -> student_views.StudentViewConfig:
   return student_views.StudentViewConfig(**fields)
 
 
+def teacher_hw(config) -> tuple[int, int]:
+  """(h, w) of the clips the teacher sees: `selfsup.teacher_scale` times `data.train_hw`, rounded."""
+  scale = config.selfsup.teacher_scale
+  if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1 <= scale <= 8:
+    raise ValueError(f'selfsup.teacher_scale must be a number in [1, 8] (the teacher\'s clip size over the '
+                     f'training size), got {scale!r}')
+  return tuple(int(round(scale * s)) for s in config.data.train_hw)
+
+
 def make_unlabeled_example(video: np.ndarray, rng: np.random.Generator, views: student_views.StudentViewConfig,
-                           num_queries: int) -> Batch:
-  """One clip (uint8 [t, h, w, 3]) -> 'video' / 'student_video' float32 [t, h, w, 3] in [-1, 1], 'affines'
-  [t, 2, 3] (clip raster -> view raster) and 'query_points' [num_queries, 3] (t, y, x)."""
+                           num_queries: int, hw_student: tuple[int, int] | None = None) -> Batch:
+  """One clip (uint8 [t, h, w, 3], the teacher's) -> 'video' float32 [t, h, w, 3] and 'student_video' float32
+  [t, h', w', 3] (`hw_student`; default the clip's own size) in [-1, 1], 'affines' [t, 2, 3] (clip raster ->
+  view raster) and 'query_points' [num_queries, 3] (t, y, x) in the clip's raster."""
   t, h, w, _ = video.shape
+  hw_student = (h, w) if hw_student is None else tuple(hw_student)
   clean = video.astype(np.float32) / np.float32(127.5) - 1
-  view = student_views.draw_view(rng, views, t, (h, w), (h, w))
-  student = student_views.render_view(clean, view, rng, views, (h, w))
+  view = student_views.draw_view(rng, views, t, (h, w), hw_student)
+  student = student_views.render_view(clean, view, rng, views, hw_student)
   queries = np.stack([rng.integers(0, t, num_queries).astype(np.float32), rng.uniform(0, h, num_queries),
                       rng.uniform(0, w, num_queries)], axis=-1).astype(np.float32)
   return dict(video=clean, student_video=student.astype(np.float32), affines=view.affines.astype(np.float32),
@@ -51,8 +63,8 @@ def unlabeled_batches(config, start_step: int = 0) -> Iterator[Batch]:
   devices, per_device = jax.local_device_count(), knobs.per_device_batch
   local = devices * per_device
   views = view_config(config)
-  h, w = config.data.train_hw
-  source = unlabeled.clip_source(knobs.source, config.data.num_frames, (h, w), config.seed,
+  hw_student = tuple(config.data.train_hw)
+  source = unlabeled.clip_source(knobs.source, config.data.num_frames, teacher_hw(config), config.seed,
                                  start_index=start_step * local, process_index=jax.process_index(),
                                  process_count=jax.process_count(),
                                  max_skipped_fraction=knobs.max_skipped_fraction)
@@ -63,7 +75,7 @@ def unlabeled_batches(config, start_step: int = 0) -> Iterator[Batch]:
     for _ in range(local):
       clip, index = next(clips), next(indices)
       rng = np.random.default_rng(np.random.SeedSequence([config.seed, index, 0xB0075]))
-      examples.append(make_unlabeled_example(clip['video'], rng, views, knobs.num_queries))
+      examples.append(make_unlabeled_example(clip['video'], rng, views, knobs.num_queries, hw_student))
     batch = {k: np.stack([e[k] for e in examples]).reshape((devices, per_device) + examples[0][k].shape)
              for k in examples[0]}
     skipped = getattr(source, 'skipped', 0)

@@ -58,6 +58,7 @@ class BootstapTAPIR(task.Task):
   def __init__(self, config):
     super().__init__(config)
     check_knobs(config.selfsup)
+    unlabeled_batches.teacher_hw(config)  # checks selfsup.teacher_scale
 
   def make_init(self, optimizer):
     base = training.make_init(self.model(), optimizer, lambda params, hk_state: dict(teacher_params=params,
