@@ -33,7 +33,7 @@ Training cases:
                                 (`tapir.data.streams.train_batches` behind the trainer's prefetcher).
   render, cpu batch             one `configs/tapir.py:cpu` batch of built-in scenes (photographic or procedural):
                                 rendering and track conversion in one thread, as the prefetcher makes it;
-  self-supervised step          `configs/bootstap.py:cpu` on a fixed batch (teacher's two passes, student and
+  self-supervised step          `configs/bootstap.py:cpu_spec` on a fixed batch (teacher's two passes, student and
                                 supervised branch, one update), beside the teacher's passes alone and one
                                 inference forward of the same unlabeled batch.
 Training uses the dense patch formulation (`bilinear_interp_with_depthwise_conv=True` in the configs): its
@@ -90,10 +90,10 @@ def run_case(case: dict, repeats: int, profile_dir: str | None = None) -> dict:
     frames, size, points, batch = (config.data.num_frames, config.data.train_hw[0], config.data.tracks_per_clip,
                                    config.data.per_device_batch)
   elif kind in ('selfsup_cpu_preset', 'teacher_cpu_preset', 'inference_cpu_preset'):
-    # `configs/bootstap.py:cpu`: the self-supervised step (teacher's two passes, student, supervised batch), the
+    # `configs/bootstap.py:cpu_spec` (the spec's knobs): the self-supervised step (teacher's two passes, student, supervised batch), the
     # teacher's passes alone, and one inference forward of the same unlabeled batch.
     from configs import bootstap as bootstap_configs  # pylint: disable=g-import-not-at-top
-    config = bootstap_configs.get_config('cpu')
+    config = bootstap_configs.get_config('cpu_spec')
     frames, size, points, batch = (config.data.num_frames, config.data.train_hw[0], config.selfsup.num_queries,
                                    config.selfsup.per_device_batch)
     kwargs, chunk = training.model_kwargs(config), config.train_chunk_size
@@ -278,7 +278,7 @@ def _case_label(c) -> str:
   if kind == 'render_cpu_batch':
     return f"render one `configs/tapir.py:cpu` batch ({c['scenes']} scenes, one thread)"
   if kind.endswith('_cpu_preset') and kind != 'train_cpu_preset':
-    return {'selfsup_cpu_preset': 'self-supervised step, `configs/bootstap.py:cpu` (+ its supervised batch)',
+    return {'selfsup_cpu_preset': 'self-supervised step, `configs/bootstap.py:cpu_spec` (+ its supervised batch)',
             'teacher_cpu_preset': "the teacher's two passes (inference, shared feature grids)",
             'inference_cpu_preset': 'one inference forward, same unlabeled batch'}[kind]
   if kind == 'train_cpu_preset':

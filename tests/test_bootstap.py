@@ -263,6 +263,11 @@ def test_bad_view_knob_and_empty_video_folder(tmp_path):
 
 def test_presets():
   assert _config('cpu').task == 'bootstap' and _config('cpu_supervised').task == 'tapir'
-  assert _config('cpu').training_steps == _config('cpu_supervised').training_steps
+  assert _config('cpu').training_steps == _config('cpu_supervised').training_steps == _config('cpu_spec').training_steps
+  # cpu_spec keeps every knob of the spec's defaults (the base's) but the batch sizes; cpu adds the measured ones.
+  base, spec, cpu = (_config(p).selfsup.to_dict() for p in ('', 'cpu_spec', 'cpu'))
+  assert {k for k in base if base[k] != spec[k]} == {'per_device_batch', 'num_queries'}
+  assert {k: cpu[k] for k in cpu if cpu[k] != spec[k]} == bootstap_configs.CPU_KNOBS
+  assert _config('cpu').init_from == _config('cpu_spec').init_from
   with pytest.raises(ValueError, match='unknown preset'):
     bootstap_configs.get_config('gpu')
