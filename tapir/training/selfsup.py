@@ -1,8 +1,9 @@
 """The self-supervised (BootsTAP) step: a teacher's tracks on the clean clip become the labels of a student that sees
 a transformed, corrupted copy and is queried at other points of the same tracks.
 
-Per unlabeled clip (`tapir.data.unlabeled_batches`: the clean clip at the training size, the student's view of it,
-the per-frame affine map from the clean clip's raster to the view's, and uniform teacher queries):
+Per unlabeled clip (`tapir.data.unlabeled_batches`: the clean clip at `teacher_scale` x the training size, the
+student's view of it at the training size, the per-frame affine map from the clean clip's raster to the view's,
+and uniform teacher queries):
   1. teacher pass, inference mode, no gradient: tracks, occlusion and expected_dist of every query; visibility by
      `visibility_rule` (`teacher_visibility`: the library's rule, `tapir.conventions.visibility_from_logits`, or
      the occlusion logit alone);
