@@ -31,17 +31,22 @@ from tapir.models import families
 VISIBILITY_RULES = ('eval', 'occ_only')
 
 
+def check_visibility_rule(rule: str, name: str = 'visibility_rule') -> None:
+  """ValueError naming `name` unless `rule` is one of VISIBILITY_RULES."""
+  if rule not in VISIBILITY_RULES:
+    raise ValueError(f'{name} must be one of {VISIBILITY_RULES}, got {rule!r}')
+
+
 def teacher_visibility(outputs: Mapping[str, jax.Array], rule: str) -> jax.Array:
   """[b, n, t] bool: where the teacher's pseudo-label is visible.
 
   'eval': the rule of the library's outputs, (1 - sigmoid(occlusion)) (1 - sigmoid(expected_dist)) > 0.5, so an
   uncertain position counts as occluded; 'occ_only': occlusion < 0, whatever the uncertainty.
   """
+  check_visibility_rule(rule)
   if rule == 'eval':
     return conventions.visibility_from_logits(outputs['occlusion'], outputs['expected_dist'])
-  if rule == 'occ_only':
-    return outputs['occlusion'] < 0
-  raise ValueError(f'visibility_rule must be one of {VISIBILITY_RULES}, got {rule!r}')
+  return outputs['occlusion'] < 0
 
 
 class PseudoLabels(NamedTuple):
@@ -100,8 +105,7 @@ def make_teacher(model_kwargs: Mapping[str, Any], query_chunk_size: int, family:
   Returns (first outputs, second outputs, re-drawn queries [b, n, 3], any-eligible [b, n]).
   """
   module = families.get(family).module
-  if visibility_rule not in VISIBILITY_RULES:
-    raise ValueError(f'visibility_rule must be one of {VISIBILITY_RULES}, got {visibility_rule!r}')
+  check_visibility_rule(visibility_rule)
 
   def forward(video, queries, eligible_fn: Callable[[jax.Array, jax.Array], jax.Array]):
     model = module(**model_kwargs)

@@ -38,9 +38,7 @@ def check_knobs(knobs) -> None:
     raise ValueError(f'selfsup.teacher_decay must be in [0, 1) (0: a frozen teacher), got {knobs.teacher_decay}')
   if not knobs.cycle_px > 0:
     raise ValueError(f'selfsup.cycle_px must be > 0 (256-scale pixels), got {knobs.cycle_px}')
-  if knobs.visibility_rule not in selfsup.VISIBILITY_RULES:
-    raise ValueError(f'selfsup.visibility_rule must be one of {selfsup.VISIBILITY_RULES}, got '
-                     f'{knobs.visibility_rule!r}')
+  selfsup.check_visibility_rule(knobs.visibility_rule, 'selfsup.visibility_rule')
   if knobs.out_of_frame not in OUT_OF_FRAME:
     raise ValueError(f'selfsup.out_of_frame must be one of {OUT_OF_FRAME}, got {knobs.out_of_frame!r}')
   for name in ('weight', 'supervised_weight'):
