@@ -101,6 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
       #                                 'procedural' (solid patterns, flat light, a perfect camera): SCENE_KINDS
       synthetic_static_objects=(8, 14),  # built-in scenes: objects resting on the floor (min, max)
       synthetic_dynamic_objects=(1, 3),  # and moving ones
+      synthetic_cards=0.0,  # built-in scenes: chance that a moving object is a photographed card flying in front
+      #                       of the scene (synthetic.cards.Cards.probability)
       prefetch=2,  # batches made and put on the devices ahead of the step, in a background thread
       # Bad examples (undecodable, corrupted, failing the checks) are skipped and counted; the run stops once they
       # pass this share of the examples seen, counted over at least skipped_share_min_examples (0: stop at the

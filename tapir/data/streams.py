@@ -43,11 +43,13 @@ def scene_config(config, size=None, kind=None):
   """The synthetic SceneConfig matching the training clips (at `size` (h, w) and of scene kind `kind` if given;
   by default `config.data.synthetic_kind`)."""
   from tapir.data import synthetic  # pylint: disable=g-import-not-at-top
+  from tapir.data.synthetic import cards  # pylint: disable=g-import-not-at-top
   h, w = size or config.data.train_hw
   return synthetic.SceneConfig.of_kind(kind or config.data.synthetic_kind, height=h, width=w,
                                        num_frames=config.data.num_frames,
                                        num_static_objects=tuple(config.data.synthetic_static_objects),
-                                       num_dynamic_objects=tuple(config.data.synthetic_dynamic_objects))
+                                       num_dynamic_objects=tuple(config.data.synthetic_dynamic_objects),
+                                       cards=cards.Cards(probability=config.data.synthetic_cards))
 
 
 def _track_example(scene: Mapping[str, np.ndarray], seed: int, tracks: int, random_crop: bool,

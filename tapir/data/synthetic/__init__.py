@@ -1,10 +1,11 @@
 """Procedural Kubric-like scenes that emit MOVi-E example dicts, the built-in training and evaluation data:
 `scene` (SceneConfig, scene kinds, objects, camera path and the seeded random draw `sample_scene`), `textures`
 (solid textures), `photo_textures` (photographs mapped onto surfaces), `motion` (ballistic and crossing paths),
-`shading` (light and cast shadows), `camera_effects` (motion blur, defocus, noise, compression, exposure) and
-`render` (ray casting and the MOVi-E fields, `render_scene`), with `generate_scene(seed, config)` =
-`render_scene(sample_scene(seed, config), config)`. Evaluation uses seeds `EVAL_SEEDS`, training seeds from
-`TRAIN_SEED_OFFSET` up; rotations and camera formulas live in `tapir.data.geometry`.
+`cards` (photographed cards flying in front of the scene, off by default), `shading` (light and cast shadows),
+`camera_effects` (motion blur, defocus, noise, compression, exposure) and `render` (ray casting and the MOVi-E
+fields, `render_scene`), with `generate_scene(seed, config)` = `render_scene(sample_scene(seed, config), config)`.
+Evaluation uses seeds `EVAL_SEEDS`, training seeds from `TRAIN_SEED_OFFSET` up; rotations and camera formulas
+live in `tapir.data.geometry`.
 """
 
 from tapir.data.geometry import box_corners

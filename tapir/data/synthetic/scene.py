@@ -35,6 +35,7 @@ import numpy as np
 from tapir.data import geometry
 from tapir.data import photographs
 from tapir.data.synthetic import camera_effects
+from tapir.data.synthetic import cards as cards_lib
 from tapir.data.synthetic import motion
 from tapir.data.synthetic.photo_textures import PhotoTexture, sample_photo_texture
 from tapir.data.synthetic.textures import TEXTURE_KINDS, Texture, sample_texture
@@ -79,6 +80,7 @@ class SceneConfig:
     gravity: world units per frame^2 (Kubric's 9.81 m/s^2 at 24 fps).
     restitution: range of the bounce's velocity ratio.
     camera: the lens and sensor effects (motion blur, defocus, noise, compression, exposure); pixels only.
+    cards: photographed cards flying in front of the scene (`cards.Cards`; off by default).
   """
   height: int = 256
   width: int = 256
@@ -106,6 +108,7 @@ class SceneConfig:
   gravity: float = 9.81 / 24 ** 2
   restitution: tuple[float, float] = (0.3, 0.7)
   camera: camera_effects.CameraEffects = camera_effects.REALISTIC
+  cards: cards_lib.Cards = cards_lib.Cards()
 
   @classmethod
   def of_kind(cls, kind: str, **kwargs) -> 'SceneConfig':
@@ -138,6 +141,8 @@ class SceneConfig:
       raise ValueError(f'restitution must be a range (low, high) within [0, 1], got {self.restitution}')
     if not isinstance(self.camera, camera_effects.CameraEffects):
       raise ValueError(f'camera must be a camera_effects.CameraEffects, got {type(self.camera).__name__}')
+    if not isinstance(self.cards, cards_lib.Cards):
+      raise ValueError(f'cards must be a cards.Cards, got {type(self.cards).__name__}')
 
 
 SCENE_KINDS = {
@@ -380,5 +385,9 @@ def sample_scene(seed: int, config: SceneConfig) -> Scene:
   floor_texture = _photo_surface(extra, config, floor_texture, 'planar', (3.0, 15.0))
   dome_texture = _photo_surface(extra, config, dome_texture, 'spherical', (3, 8))
   effects = camera_effects.sample_effects(extra, config.camera)
+  objects = cards_lib.make_cards(  # their own stream: without cards the draw above is unchanged
+      np.random.default_rng(np.random.SeedSequence([seed, 0xCA4D])), config.cards, objects, num_static,
+      camera.positions(config.num_frames), camera.lookats(config.num_frames), config.photographs,
+      SENSOR_WIDTH / FOCAL_LENGTH)
   return Scene(camera, objects, floor_texture, dome_texture, light, ambient, effects,
                int(extra.integers(2 ** 31)))
