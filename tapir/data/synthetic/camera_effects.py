@@ -72,19 +72,19 @@ class CameraEffects:
   exposure_stops: float = 0.0
 
   def __post_init__(self):
-    _check_range('shutter', self.shutter, 0, 1)
+    check_range('shutter', self.shutter, 0, 1)
     if not _is_int(self.blur_samples) or self.blur_samples < 1:
       raise ValueError(f'blur_samples={self.blur_samples!r} must be an integer >= 1')
     for name in ('defocus_probability', 'jpeg_probability'):
       value = getattr(self, name)
-      if not _is_real(value) or not 0 <= value <= 1:
+      if not is_real(value) or not 0 <= value <= 1:
         raise ValueError(f'{name}={value!r} must be a probability in [0, 1]')
     for name in ('aperture_px', 'shot_noise', 'read_noise'):
-      _check_range(name, getattr(self, name), 0, math.inf)
-    _check_range('jpeg_quality', self.jpeg_quality, 1, 100, integers=True)
+      check_range(name, getattr(self, name), 0, math.inf)
+    check_range('jpeg_quality', self.jpeg_quality, 1, 100, integers=True)
     if not isinstance(self.jpeg_chroma_subsampling, bool):
       raise ValueError(f'jpeg_chroma_subsampling={self.jpeg_chroma_subsampling!r} must be a bool')
-    if not _is_real(self.exposure_stops) or not 0 <= self.exposure_stops < math.inf:
+    if not is_real(self.exposure_stops) or not 0 <= self.exposure_stops < math.inf:
       raise ValueError(f'exposure_stops={self.exposure_stops!r} must be a finite number >= 0')
 
 
@@ -92,13 +92,14 @@ def _is_int(x) -> bool:  # bools are not counts
   return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _is_real(x) -> bool:
+def is_real(x) -> bool:
+  """A real number that is not a bool (the knob checks here and in `cards`)."""
   return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _check_range(name: str, value, low: float, high: float, integers: bool = False):
+def check_range(name: str, value, low: float, high: float, integers: bool = False):
   """Raises ValueError naming `name` unless `value` is a tuple (lo, hi) of finite numbers, low <= lo <= hi <= high."""
-  kind = _is_int if integers else _is_real
+  kind = _is_int if integers else is_real
   if not (isinstance(value, tuple) and len(value) == 2 and all(kind(v) and math.isfinite(v) for v in value)
           and low <= value[0] <= value[1] <= high):
     numbers_of = 'integers' if integers else 'finite numbers'

@@ -21,21 +21,13 @@ from typing import Sequence
 import numpy as np
 
 from tapir.data import geometry
+from tapir.data.synthetic.camera_effects import check_range
+from tapir.data.synthetic.camera_effects import is_real
 from tapir.data.synthetic.photo_textures import sample_photo_texture
 
 _THICKNESS = 0.02  # half thickness of a card relative to its half length
 _MIN_DEPTH = 0.3  # every corner stays at least this far in front of the camera plane (world units)
 _TRIES = 20
-
-
-def _is_real(value) -> bool:
-  return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _check_range(name: str, value, low: float, high: float):
-  if (not isinstance(value, (tuple, list)) or len(value) != 2 or not all(_is_real(v) for v in value)
-      or not low <= value[0] <= value[1] <= high):
-    raise ValueError(f'cards.{name} must be a range (low, high) within [{low}, {high}], got {value!r}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,15 +52,14 @@ class Cards:
   extent: tuple[float, float] = (2.0, 5.0)
 
   def __post_init__(self):
-    if not _is_real(self.probability) or not 0 <= self.probability <= 1:
+    if not is_real(self.probability) or not 0 <= self.probability <= 1:
       raise ValueError(f'cards.probability must be a probability in [0, 1], got {self.probability!r}')
-    _check_range('view_fraction', self.view_fraction, 1e-3, 2.0)
-    _check_range('depth', self.depth, 0.05, 1.0)
-    _check_range('image_speed', self.image_speed, 0.0, 0.5)
-    _check_range('extent', self.extent, 0.1, 100.0)
+    for name, low, high in (('view_fraction', 1e-3, 2.0), ('depth', 0.05, 1.0), ('image_speed', 0.0, 0.5),
+                            ('extent', 0.1, 100.0)):
+      check_range(f'cards.{name}', getattr(self, name), low, high)
     for name, high in (('max_tilt', 80.0), ('max_spin', 1.0)):
       value = getattr(self, name)
-      if not _is_real(value) or not 0 <= value <= high:
+      if not is_real(value) or not 0 <= value <= high:
         raise ValueError(f'cards.{name} must be a number in [0, {high}], got {value!r}')
 
 
