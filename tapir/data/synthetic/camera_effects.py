@@ -92,8 +92,7 @@ def _is_int(x) -> bool:  # bools are not counts
   return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def is_real(x) -> bool:
-  """A real number that is not a bool (the knob checks here and in `cards`)."""
+def is_real(x) -> bool:  # a real number that is not a bool (the knob checks here and in `cards`)
   return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
