@@ -7,10 +7,12 @@ that bounce off the floor, or crossing the view (entering or leaving the frame).
 MOVi-E trajectory of training_and_data.md §3.12. Rotations and camera formulas: `tapir.data.geometry`.
 
 Surfaces carry solid procedural textures (`textures`) or, with probability `photo_share` each, crops of real
-photographs (`photo_textures`, `tapir.data.photographs`). Scene kinds (`SCENE_KINDS`, `SceneConfig.of_kind`):
-'photographic' (the default: photographs, cast shadows, motion variety and camera effects) and 'procedural' (the
-scenes before those existed: procedural textures, no shadows, linear motion, a perfect camera; bit-identical to
-them). Every addition draws from its own random stream, so the procedural draw is the same in both kinds.
+photographs (`photo_textures`, `tapir.data.photographs`); `SceneConfig.cards` can turn moving objects into
+photographed cards floating in front of the scene (`cards`, off by default). Scene kinds (`SCENE_KINDS`,
+`SceneConfig.of_kind`): 'photographic' (the default: photographs, cast shadows, motion variety and camera
+effects) and 'procedural' (the scenes before those existed: procedural textures, no shadows, linear motion, a
+perfect camera; bit-identical to them). Every addition draws from its own random stream, so the procedural
+draw is the same in both kinds.
 
 Geometry (all in world units, world is Z-up):
   camera    position c_t, rotation R_t = R(q_t) camera-to-world (w, x, y, z); looks along local -Z, +Y up, +X
