@@ -63,10 +63,10 @@ class Cards:
         raise ValueError(f'cards.{name} must be a number in [0, {high}], got {value!r}')
 
 
-def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:  # [3], scalar -> [3, 3] (Rodrigues)
+def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:  # [3], scalar -> [3, 3]
+  """The rotation by `angle` radians about `axis` (any length), through its quaternion."""
   axis = axis / np.linalg.norm(axis)
-  k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-  return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+  return geometry.quaternion_to_matrix(np.append(math.cos(angle / 2), math.sin(angle / 2) * axis))
 
 
 def _in_view(card, cameras: np.ndarray, rotations: np.ndarray, num_frames: int) -> bool:
@@ -78,8 +78,8 @@ def _in_view(card, cameras: np.ndarray, rotations: np.ndarray, num_frames: int) 
   return bool(np.all(-local[..., 2] >= _MIN_DEPTH) and np.all(world[..., 2] > 0.01))
 
 
-def make_card(rng: np.random.Generator, knobs: Cards, obj, cameras: np.ndarray, lookats: np.ndarray,
-              photographs: Sequence[str], frame_width: float):
+def make_card(rng: np.random.Generator, knobs: Cards, obj, cameras: np.ndarray, rotations: np.ndarray,
+              lookats: np.ndarray, photographs: Sequence[str], frame_width: float):
   """`obj` (a dynamic `scene.SceneObject`) turned into a card drawn from `rng`, or None if none fits in front
   of the camera after a few tries.
 
@@ -87,13 +87,12 @@ def make_card(rng: np.random.Generator, knobs: Cards, obj, cameras: np.ndarray, 
     rng: the cards' random stream.
     knobs: the `Cards` settings.
     obj: the object the card replaces (its fields are all redrawn; passing it keeps this module below `scene`).
-    cameras: [t, 3] camera positions; lookats: [t, 3] look-at targets (the clip's frames).
+    cameras: [t, 3] camera positions; rotations: [t, 3, 3] their camera-to-world rotations; lookats: [t, 3]
+      look-at targets (the clip's frames).
     photographs: the photographs to draw the card's face from (`tapir.data.photographs` names).
     frame_width: the frame's width in world units at unit distance (sensor width / focal length).
   """
   num_frames = len(cameras)
-  rotations = geometry.quaternion_to_matrix(
-      np.stack([geometry.look_at_quaternion(c, l) for c, l in zip(cameras, lookats)]))  # [t, 3, 3]
   mid = num_frames // 2
   right, up, back = rotations[mid].T
   distance = float(np.linalg.norm(lookats[mid] - cameras[mid]))
@@ -129,9 +128,11 @@ def make_cards(rng: np.random.Generator, knobs: Cards, objects: list, first_dyna
   a card (`make_card`, same arguments); with probability 0 nothing is drawn and `objects` come back as they are."""
   if knobs.probability == 0:
     return objects
+  rotations = geometry.quaternion_to_matrix(
+      np.stack([geometry.look_at_quaternion(c, l) for c, l in zip(cameras, lookats)]))  # [t, 3, 3], once a scene
   out = list(objects)
   for i in range(first_dynamic, len(out)):
     if rng.uniform() < knobs.probability:
-      card = make_card(rng, knobs, out[i], cameras, lookats, photographs, frame_width)
+      card = make_card(rng, knobs, out[i], cameras, rotations, lookats, photographs, frame_width)
       out[i] = card if card is not None else out[i]
   return out
