@@ -122,14 +122,15 @@ def make_card(rng: np.random.Generator, knobs: Cards, obj, cameras: np.ndarray, 
   return None
 
 
-def make_cards(rng: np.random.Generator, knobs: Cards, objects: list, first_dynamic: int, cameras: np.ndarray,
-               lookats: np.ndarray, photographs: Sequence[str], frame_width: float) -> list:
+def make_cards(rng: np.random.Generator, knobs: Cards, objects: list, first_dynamic: int, camera, num_frames: int,
+               photographs: Sequence[str], frame_width: float) -> list:
   """`objects` with each dynamic one (index >= first_dynamic) replaced, with probability `knobs.probability`, by
-  a card (`make_card`, same arguments); with probability 0 nothing is drawn and `objects` come back as they are."""
+  a card (`make_card`, the other arguments as there); `camera` is the clip's `scene.CameraPath`, over
+  `num_frames` frames. With probability 0 nothing is drawn and `objects` come back as they are."""
   if knobs.probability == 0:
     return objects
-  rotations = geometry.quaternion_to_matrix(
-      np.stack([geometry.look_at_quaternion(c, l) for c, l in zip(cameras, lookats)]))  # [t, 3, 3], once a scene
+  cameras, lookats = camera.positions(num_frames), camera.lookats(num_frames)
+  rotations = geometry.quaternion_to_matrix(camera.quaternions(num_frames))  # [t, 3, 3], once a scene
   out = list(objects)
   for i in range(first_dynamic, len(out)):
     if rng.uniform() < knobs.probability:

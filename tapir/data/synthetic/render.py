@@ -166,10 +166,7 @@ def _object_pose(obj: SceneObject, num_frames: int) -> _Pose:
 
 def _camera_poses(camera: CameraPath, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
   """Positions [t, 3] and quaternions [t, 4], float32, as stored in the example."""
-  positions = camera.positions(num_frames)
-  targets = camera.lookats(num_frames)
-  quaternions = np.stack([geometry.look_at_quaternion(p, l) for p, l in zip(positions, targets)])
-  return positions.astype(np.float32), quaternions.astype(np.float32)
+  return camera.positions(num_frames).astype(np.float32), camera.quaternions(num_frames).astype(np.float32)
 
 
 def _encode_unit(x: np.ndarray) -> np.ndarray:

@@ -227,6 +227,10 @@ class CameraPath:
     a = self.fractions(num_frames)[:, None]
     return a * self.lookat_start + (1 - a) * self.lookat_end
 
+  def quaternions(self, num_frames: int) -> np.ndarray:  # [t, 4] float64 camera-to-world (w, x, y, z)
+    return np.stack([geometry.look_at_quaternion(p, l)
+                     for p, l in zip(self.positions(num_frames), self.lookats(num_frames))])
+
 
 @dataclasses.dataclass(frozen=True)
 class Scene:
@@ -388,8 +392,7 @@ def sample_scene(seed: int, config: SceneConfig) -> Scene:
   dome_texture = _photo_surface(extra, config, dome_texture, 'spherical', (3, 8))
   effects = camera_effects.sample_effects(extra, config.camera)
   objects = cards_lib.make_cards(  # their own stream: without cards the draw above is unchanged
-      np.random.default_rng(np.random.SeedSequence([seed, 0xCA4D])), config.cards, objects, num_static,
-      camera.positions(config.num_frames), camera.lookats(config.num_frames), config.photographs,
-      SENSOR_WIDTH / FOCAL_LENGTH)
+      np.random.default_rng(np.random.SeedSequence([seed, 0xCA4D])), config.cards, objects, num_static, camera,
+      config.num_frames, config.photographs, SENSOR_WIDTH / FOCAL_LENGTH)
   return Scene(camera, objects, floor_texture, dome_texture, light, ambient, effects,
                int(extra.integers(2 ** 31)))
